@@ -1,0 +1,108 @@
+"""Checkpoints: everything needed to resume exactly, written atomically and read back with weights_only=True."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .config import GPTConfig, ShakeGPTError
+from .model import GPT, clean_state_dict
+
+CHECKPOINT_FORMAT = "shakegpt-checkpoint-1"
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain model inside DistributedDataParallel (`.module`) and torch.compile (`._orig_mod`) wrappers."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or model._orig_mod
+    return model
+
+
+def capture_rng() -> dict:
+    """Python's and PyTorch's random states (CUDA's too when present): dropout and sampling continue unchanged."""
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    step: int = 0,
+    data_state: dict | None = None,
+    train_config: dict | None = None,
+    extra: dict | None = None,
+) -> Path:
+    """Save model config and weights, optimizer, step, RNG states and data position to `path`, via a temporary
+    file and a rename, so that a crash (even kill -9) mid-write leaves the previous checkpoint intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    plain = unwrap_model(model)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "model_config": plain.config.to_dict(),
+        "model": clean_state_dict(plain.state_dict()),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "step": step,
+        "rng": capture_rng(),
+        "data": data_state,
+        "train_config": train_config,
+        "extra": extra or {},
+    }
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint safely (weights_only=True: tensors and plain data, no arbitrary code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ShakeGPTError(
+            f"no checkpoint at {path}: train one with `python -m shakegpt_utils train`, or check --ckpt."
+        )
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ShakeGPTError(f"{path} is not a readable checkpoint (truncated or not a checkpoint): {reason}") from error
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ShakeGPTError(f"{path} is a PyTorch file but not a ShakeGPT checkpoint.")
+    payload["model"] = clean_state_dict(payload["model"])
+    return payload
+
+
+def model_from_checkpoint(checkpoint: dict, device: str | torch.device = "cpu") -> GPT:
+    """A GPT with the checkpoint's config and weights, on `device`, in eval mode."""
+    model = GPT(GPTConfig.from_dict(checkpoint["model_config"]))
+    model.load_state_dict(checkpoint["model"])
+    return model.to(device).eval()
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> GPT:
+    """Load a trained model from a checkpoint file, ready for sampling."""
+    return model_from_checkpoint(load_checkpoint(path), device)

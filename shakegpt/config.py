@@ -1,0 +1,81 @@
+"""Section 1 — configuration: model shapes, named presets, the smoke switch, the error type."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+# The GPT-2 tokenizer has 50,257 tokens; anything above that in a padded vocabulary is never a real token.
+GPT2_VOCAB_SIZE = 50257
+# 50,304 = 50,257 rounded up to a multiple of 128, which GPU matrix kernels like better.
+PADDED_VOCAB_SIZE = 50304
+
+# Read once: SHAKEGPT_SMOKE=1 shrinks every notebook and demo so that it runs on 2 CPU cores in CI.
+SMOKE = os.environ.get("SHAKEGPT_SMOKE", "").strip().lower() not in ("", "0", "false", "no")
+
+# The repository root (this package's parent), where data/, figures/ and runs/ live.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ShakeGPTError(Exception):
+    """A user-facing failure: the message says what went wrong and what to do about it."""
+
+
+@dataclass
+class GPTConfig:
+    """The shape of a GPT-2 model; the defaults are the 124M model OpenAI released."""
+
+    block_size: int = 1024
+    vocab_size: int = GPT2_VOCAB_SIZE
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    attn_impl: str = "sdpa"  # "sdpa" (flash attention where available) or "manual" (masked softmax)
+    loss_impl: str = "chunked"  # "chunked" (fused, never builds all logits) or "full" (logits then cross-entropy)
+
+    def __post_init__(self) -> None:
+        if self.n_embd % self.n_head:
+            raise ShakeGPTError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}.")
+        if self.attn_impl not in ("sdpa", "manual"):
+            raise ShakeGPTError(f"attn_impl must be 'sdpa' or 'manual', not {self.attn_impl!r}.")
+        if self.loss_impl not in ("chunked", "full"):
+            raise ShakeGPTError(f"loss_impl must be 'chunked' or 'full', not {self.loss_impl!r}.")
+
+    @classmethod
+    def gpt2(cls, **overrides) -> GPTConfig:
+        """GPT-2 small, 124M parameters: 12 layers, 12 heads, 768 wide, 1024 tokens of context."""
+        return cls(**overrides)
+
+    @classmethod
+    def small(cls, **overrides) -> GPTConfig:
+        """A 4-layer, 256-wide model that trains on Shakespeare in minutes on a laptop CPU."""
+        return cls(**{"block_size": 256, "n_layer": 4, "n_head": 4, "n_embd": 256, **overrides})
+
+    @classmethod
+    def tiny(cls, **overrides) -> GPTConfig:
+        """A 2-layer, 64-wide model for tests and smoke runs: seconds per hundred steps."""
+        return cls(**{"block_size": 64, "n_layer": 2, "n_head": 2, "n_embd": 64, **overrides})
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> GPTConfig:
+        """The preset called `name` ('gpt2', 'small' or 'tiny') with some fields overridden."""
+        if name not in PRESETS:
+            raise ShakeGPTError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}.")
+        return getattr(cls, name)(**overrides)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> GPTConfig:
+        """Rebuild a config saved with `to_dict`, ignoring keys this version does not know."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def replace(self, **changes) -> GPTConfig:
+        return replace(self, **changes)
+
+
+PRESETS = ("gpt2", "small", "tiny")

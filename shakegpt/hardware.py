@@ -1,0 +1,137 @@
+"""Section 5 — device and precision: one place decides what the hardware can do."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .config import ShakeGPTError
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def get_device(requested: str | None = None) -> torch.device:
+    """The requested device, else the best available: CUDA, then Apple's MPS, then the CPU."""
+    if requested and requested != "auto":
+        device = torch.device(requested)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ShakeGPTError(f"--device {requested}: no CUDA GPU is available here.")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise ShakeGPTError(f"--device {requested}: Apple's MPS is not available here.")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU has bfloat16 matrix instructions (AVX512-BF16 or AMX), where bf16 beats fp32."""
+    if sys.platform != "linux":
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def gpu_has_native_bf16(device: torch.device) -> bool:
+    """bf16 tensor cores arrived with Ampere (compute capability 8.0)."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
+
+
+def enable_tf32(device: torch.device) -> bool:
+    """Let fp32 matrix products use TF32 tensor cores (10-bit mantissa, ~8x faster) on Ampere and newer."""
+    if not gpu_has_native_bf16(device):
+        return False
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    return True
+
+
+@dataclass
+class Precision:
+    """How the forward pass runs: an autocast dtype (float32 means none) and, for fp16, a gradient scaler."""
+
+    device_type: str
+    dtype: torch.dtype
+    scaler: torch.amp.GradScaler | None = field(default=None)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device_type, dtype=self.dtype)
+
+    @property
+    def name(self) -> str:
+        return {value: key for key, value in DTYPES.items()}[self.dtype]
+
+
+def auto_dtype(device: torch.device) -> str:
+    """bf16 where the hardware computes it natively; fp16 (with loss scaling) on older CUDA GPUs; else fp32."""
+    if device.type == "cuda":
+        return "bf16" if gpu_has_native_bf16(device) else "fp16"
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return "bf16"
+    return "fp32"
+
+
+def get_precision(device: torch.device | str, dtype: str = "auto") -> Precision:
+    """The Precision for `dtype` ('auto', 'bf16', 'fp16' or 'fp32') on `device`."""
+    device = torch.device(device)
+    name = auto_dtype(device) if dtype == "auto" else dtype
+    if name not in DTYPES:
+        raise ShakeGPTError(f"unknown dtype {dtype!r}; choose auto, bf16, fp16 or fp32.")
+    if name == "fp16" and device.type != "cuda":
+        raise ShakeGPTError("fp16 autocast with loss scaling needs a CUDA GPU; use bf16 or fp32 here.")
+    scaler = torch.amp.GradScaler("cuda") if name == "fp16" else None
+    return Precision(device.type, DTYPES[name], scaler)
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python's and PyTorch's generators (every device), so CPU runs repeat bit for bit."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so a timer measures the work and not just its launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+# Dense (no sparsity) peak FLOP/s of well-known accelerators, for model FLOPs utilisation.
+PEAK_FLOPS = {
+    ("H200", "bf16"): 989e12,
+    ("H100", "bf16"): 989e12,
+    ("H100", "tf32"): 494e12,
+    ("A100", "bf16"): 312e12,
+    ("A100", "tf32"): 156e12,
+    ("L4", "bf16"): 121e12,
+    ("A10G", "bf16"): 70e12,
+    ("T4", "fp16"): 65e12,
+    ("V100", "fp16"): 125e12,
+}
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
+    """The device's peak FLOP/s at `dtype` where known (a few NVIDIA GPUs), else None: MFU is then not reported."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    kind = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype)
+    if kind is None:
+        kind = "tf32" if torch.backends.cuda.matmul.allow_tf32 else "fp32"
+    for (gpu, precision), flops in PEAK_FLOPS.items():
+        if gpu in name and precision == kind:
+            return flops
+    return None

@@ -1,0 +1,358 @@
+"""Section 2 — the model: attention, MLP, block, GPT, a key/value cache, and conversion to and from transformers."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import GPT2_VOCAB_SIZE, GPTConfig, ShakeGPTError
+
+
+def causal_mask(n_queries: int, n_keys: int, device: torch.device | None = None) -> torch.Tensor:
+    """Boolean (n_queries, n_keys) mask: query i (the last n_queries positions) may see keys up to its own position."""
+    return torch.ones(n_queries, n_keys, dtype=torch.bool, device=device).tril(diagonal=n_keys - n_queries)
+
+
+class KVCache:
+    """Keys and values of every layer, preallocated for the whole context, so decoding one token costs one position."""
+
+    def __init__(self, config: GPTConfig, batch_size: int, device: torch.device | str, dtype: torch.dtype):
+        shape = (config.n_layer, batch_size, config.n_head, config.block_size, config.n_embd // config.n_head)
+        self.keys = torch.empty(shape, device=device, dtype=dtype)
+        self.values = torch.empty(shape, device=device, dtype=dtype)
+        self.length = 0  # positions filled so far; GPT.forward advances it after all layers have stored
+
+    def store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write this layer's new keys and values after the cached ones; return all of them so far."""
+        end = self.length + k.size(2)
+        self.keys[layer, :, :, self.length : end] = k
+        self.values[layer, :, :, self.length : end] = v
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head self-attention where each position attends only to itself and earlier positions."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.attn_impl = config.attn_impl
+        self.dropout = config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # queries, keys and values in one product
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.c_proj.residual_projection = True  # scaled down at init, see GPT._init_weights
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        # (B, T, C) -> (B, heads, T, head size): each head attends independently.
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if cache is not None:
+            k, v = cache.store(layer, k, v)
+        p = self.dropout if self.training else 0.0
+        if self.attn_impl == "sdpa":
+            y = self._sdpa(q, k, v, p)
+        else:
+            y = self._manual(q, k, v, p)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+    @staticmethod
+    def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float) -> torch.Tensor:
+        """PyTorch's fused kernel (flash attention on recent GPUs): never stores the T x T attention matrix."""
+        T, S = q.size(2), k.size(2)
+        if T == S:
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+        if T == 1:  # one new query after the cache: it may see every key
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(T, S, q.device), dropout_p=p)
+
+    @staticmethod
+    def _manual(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float) -> torch.Tensor:
+        """The textbook formula: softmax(q k^T / sqrt(d)) v with future positions masked to -inf."""
+        scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
+        scores = scores.masked_fill(~causal_mask(q.size(2), k.size(2), q.device), float("-inf"))
+        weights = F.dropout(F.softmax(scores, dim=-1), p=p)
+        return weights @ v
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward network: widen 4x, GELU (tanh approximation, as GPT-2), project back."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
+        self.gelu = nn.GELU(approximate="tanh")
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.c_proj.residual_projection = True
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """One transformer layer, pre-norm: x + attn(ln(x)), then x + mlp(ln(x)). The residual path stays clean."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+class ChunkedLinearCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of (h @ W^T) against targets, computed a chunk of rows at a time.
+
+    The full (tokens x vocab) logits never exist: each chunk's logits are turned into the loss and, when a gradient
+    is needed, straight into the gradients of h and W, so the backward pass is two stored tensors and a scale.
+    Vocabulary rows at or above `n_valid` (padding) are masked out. Targets of -1 are ignored.
+    """
+
+    @staticmethod
+    def forward(ctx, h, weight, targets, n_valid: int, chunk_rows: int, compute_dtype: torch.dtype):
+        needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        hc, wc = h.to(compute_dtype), weight.to(compute_dtype)
+        keep = targets != -1
+        n_targets = keep.sum().clamp(min=1)
+        loss = torch.zeros((), device=h.device, dtype=torch.float32)
+        grad_h = torch.empty_like(h) if needs_grad else None
+        grad_w = torch.zeros(weight.shape, device=h.device, dtype=torch.float32) if needs_grad else None
+        for start in range(0, h.size(0), chunk_rows):
+            rows = slice(start, start + chunk_rows)
+            logits = (hc[rows] @ wc.T).float()
+            if n_valid < logits.size(1):
+                logits[:, n_valid:] = float("-inf")
+            lse = torch.logsumexp(logits, dim=1)
+            t, k = targets[rows], keep[rows]
+            t_safe = t.clamp(min=0)
+            picked = logits.gather(1, t_safe[:, None]).squeeze(1)
+            loss += ((lse - picked) * k).sum()
+            if needs_grad:
+                # d loss / d logits = softmax - one_hot(target), divided by the number of targets.
+                probs = logits.sub_(lse[:, None]).exp_()
+                probs[torch.arange(probs.size(0), device=h.device), t_safe] -= 1.0
+                probs.mul_((k / n_targets)[:, None])
+                probs_c = probs.to(compute_dtype)
+                grad_h[rows] = probs_c @ wc
+                grad_w += probs_c.T @ hc[rows]
+        if needs_grad:
+            ctx.save_for_backward(grad_h, grad_w.to(weight.dtype))
+        return loss / n_targets
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_h, grad_w = ctx.saved_tensors
+        return grad_h * grad_loss, grad_w * grad_loss, None, None, None, None
+
+
+class GPT(nn.Module):
+    """GPT-2: token and position embeddings, a stack of blocks, a final LayerNorm and an output layer tied to the
+    token embedding. `model(idx, targets)` returns (logits, loss); with targets and loss_impl="chunked" the logits
+    are never built and come back as None."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                wpe=nn.Embedding(config.block_size, config.n_embd),
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
+                ln_f=nn.LayerNorm(config.n_embd),
+            )
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight  # weight tying: one matrix reads and writes tokens
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """GPT-2 initialisation: N(0, 0.02), with projections into the residual stream scaled by 1/sqrt(2 n_layer)
+        so the stream's variance does not grow with depth."""
+        if isinstance(module, nn.Linear):
+            std = 0.02
+            if getattr(module, "residual_projection", False):
+                std /= math.sqrt(2 * self.config.n_layer)
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    @property
+    def n_valid_tokens(self) -> int:
+        """Vocabulary entries that are real tokens; the rest is padding that must never be predicted."""
+        return min(self.config.vocab_size, GPT2_VOCAB_SIZE)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameters counted once (the tied output layer is the token embedding); optionally without wpe/wte."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.transformer.wpe.weight.numel() + self.transformer.wte.weight.numel()
+        return n
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        B, T = idx.shape
+        start = cache.length if cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ShakeGPTError(
+                f"sequence of {start + T} tokens is longer than the context of {self.config.block_size}."
+            )
+        pos = torch.arange(start, start + T, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        for layer, block in enumerate(self.transformer.h):
+            x = block(x, cache, layer)
+        x = self.transformer.ln_f(x)
+        if cache is not None:
+            cache.length += T
+        if targets is not None and self.config.loss_impl == "chunked":
+            return None, self.chunked_loss(x, targets)
+        logits = self.lm_head(x)[..., : self.n_valid_tokens]
+        if targets is None:
+            return logits, None
+        return logits, F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)
+
+    def chunked_loss(self, x: torch.Tensor, targets: torch.Tensor, chunk_rows: int = 512) -> torch.Tensor:
+        """Cross-entropy of the output layer without materialising (B*T, vocab) logits; follows autocast."""
+        device_type = x.device.type
+        dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
+        with torch.autocast(device_type, enabled=False):
+            return ChunkedLinearCrossEntropy.apply(
+                x.flatten(0, 1), self.lm_head.weight, targets.flatten(), self.n_valid_tokens, chunk_rows, dtype
+            )
+
+    # ---- conversion to and from Hugging Face transformers ------------------------------------------------------
+
+    @classmethod
+    def from_hf(cls, source, n_head: int | None = None, **overrides) -> GPT:
+        """Build our GPT from a transformers GPT2LMHeadModel, or from a bare GPT-2 state dict with `n_head` given
+        (weights do not say how many heads they are split into). Conv1D weights are stored transposed."""
+        if isinstance(source, Mapping):
+            state = dict(source)
+            if n_head is None:
+                raise ShakeGPTError("a bare GPT-2 state dict does not say its number of heads: pass n_head=.")
+            config_values = {}
+        else:
+            hf_config = source.config
+            if hf_config.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
+                raise ShakeGPTError(f"GPT-2 uses tanh GELU; this model uses {hf_config.activation_function!r}.")
+            state = source.state_dict()
+            n_head = n_head or hf_config.n_head
+            config_values = {"dropout": hf_config.resid_pdrop}
+        state = {(k if k.startswith(("transformer.", "lm_head.")) else f"transformer.{k}"): v for k, v in state.items()}
+        wte, wpe = state["transformer.wte.weight"], state["transformer.wpe.weight"]
+        n_layer = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("transformer.h."))
+        config = GPTConfig(
+            **{
+                "block_size": wpe.size(0),
+                "vocab_size": wte.size(0),
+                "n_layer": n_layer,
+                "n_head": n_head,
+                "n_embd": wte.size(1),
+                **config_values,
+                **overrides,
+            }
+        )
+        model = cls(config)
+        ours = model.state_dict()
+        converted = {}
+        for name in ours:
+            if name == "lm_head.weight":
+                continue  # tied to wte
+            tensor = state[name]
+            if name.endswith(HF_CONV1D_WEIGHTS):
+                tensor = tensor.t()
+            converted[name] = tensor
+        converted["lm_head.weight"] = converted["transformer.wte.weight"]
+        model.load_state_dict(converted)
+        return model
+
+    @classmethod
+    def from_pretrained(cls, name: str = "gpt2", **overrides) -> GPT:
+        """OpenAI's released GPT-2 weights via transformers (downloads from the Hugging Face Hub once)."""
+        try:
+            from transformers import GPT2LMHeadModel
+        except ImportError as error:
+            raise ShakeGPTError("GPT.from_pretrained needs transformers: pip install transformers.") from error
+        try:
+            hf = GPT2LMHeadModel.from_pretrained(name)
+        except OSError as error:
+            raise ShakeGPTError(
+                f"could not load pretrained {name!r} from the Hugging Face Hub (offline, or no such model): "
+                f"{str(error).splitlines()[0]}"
+            ) from error
+        return cls.from_hf(hf, **overrides)
+
+
+# transformers' GPT-2 stores these weights as Conv1D, (in, out): the transpose of nn.Linear's (out, in).
+HF_CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+def export_hf(model: GPT, folder: str | Path) -> Path:
+    """Write `folder/config.json` and `folder/model.safetensors` that transformers' GPT2LMHeadModel.from_pretrained
+    loads offline with the same logits. A padded vocabulary is cut back to the 50,257 real tokens."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = model.config
+    n_tokens = model.n_valid_tokens
+    tensors = {}
+    for name, tensor in clean_state_dict(model.state_dict()).items():
+        if name == "lm_head.weight":
+            continue  # transformers ties it to wte again on load
+        tensor = tensor.detach().float().cpu()
+        if name.endswith(HF_CONV1D_WEIGHTS):
+            tensor = tensor.t()
+        if name == "transformer.wte.weight":
+            tensor = tensor[:n_tokens]
+        tensors[name] = tensor.contiguous()
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    hf_config = {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": n_tokens,
+        "n_positions": config.block_size,
+        "n_ctx": config.block_size,
+        "n_embd": config.n_embd,
+        "n_layer": config.n_layer,
+        "n_head": config.n_head,
+        "n_inner": None,
+        "activation_function": "gelu_new",
+        "resid_pdrop": config.dropout,
+        "embd_pdrop": config.dropout,
+        "attn_pdrop": config.dropout,
+        "layer_norm_epsilon": 1e-5,
+        "initializer_range": 0.02,
+        "bos_token_id": 50256,
+        "eos_token_id": 50256,
+        "tie_word_embeddings": True,
+        "torch_dtype": "float32",
+    }
+    (folder / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+    return folder
+
+
+def clean_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop the prefixes torch.compile (`_orig_mod.`) and DistributedDataParallel (`module.`) add to names."""
+    cleaned = {}
+    for name, tensor in state.items():
+        while name.startswith(("_orig_mod.", "module.")):
+            name = name.split(".", 1)[1]
+        cleaned[name] = tensor
+    return cleaned

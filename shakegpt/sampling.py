@@ -1,0 +1,106 @@
+"""Section 8 — sampling: autoregressive generation with a key/value cache, and a text-in, text-out helper."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from .model import GPT, KVCache
+from .tokenizer import END_OF_TEXT, get_tokenizer
+
+
+def pick_next_token(
+    logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None
+) -> torch.Tensor:
+    """One token per row from the last position's logits: greedy when temperature is 0, else sampled from the
+    softmax of logits/temperature, restricted to the top_k most likely tokens when top_k is given."""
+    logits = logits.float()
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth_best = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth_best, float("-inf"))
+    return torch.multinomial(torch.softmax(logits, dim=-1), num_samples=1, generator=generator)
+
+
+def cache_dtype(model: GPT, device: torch.device) -> torch.dtype:
+    """Keys and values come out of a linear layer: in the autocast dtype if one is active, else the weights'."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return model.lm_head.weight.dtype
+
+
+@torch.no_grad()
+def generate_stream(
+    model: GPT,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    seed: int | None = None,
+    use_cache: bool = True,
+) -> Iterator[torch.Tensor]:
+    """Yield each new (B, 1) token as soon as it is chosen. With the cache, the prompt is read once and every new
+    token costs one position; once the context is full, the window slides and the cache is refilled."""
+    block_size = model.config.block_size
+    generator = torch.Generator(idx.device).manual_seed(seed) if seed is not None else None
+    was_training = model.training
+    model.eval()
+    try:
+        context, cache = idx[:, -block_size:], None
+        for _ in range(max_new_tokens):
+            if not use_cache:
+                logits, _ = model(context)
+            elif cache is None or cache.length >= block_size:
+                cache = KVCache(model.config, idx.size(0), idx.device, cache_dtype(model, idx.device))
+                logits, _ = model(context, cache=cache)
+            else:
+                logits, _ = model(context[:, -1:], cache=cache)
+            next_token = pick_next_token(logits[:, -1, :], temperature, top_k, generator)
+            context = torch.cat([context[:, -(block_size - 1) :], next_token], dim=1)
+            yield next_token
+    finally:
+        model.train(was_training)
+
+
+def generate(
+    model: GPT,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    seed: int | None = None,
+    use_cache: bool = True,
+) -> torch.Tensor:
+    """The prompt `idx` (B, T) followed by `max_new_tokens` generated tokens; seeded runs repeat exactly."""
+    out = torch.empty(idx.size(0), idx.size(1) + max_new_tokens, dtype=torch.long, device=idx.device)
+    out[:, : idx.size(1)] = idx
+    for i, token in enumerate(generate_stream(model, idx, max_new_tokens, temperature, top_k, seed, use_cache)):
+        out[:, idx.size(1) + i] = token[:, 0]
+    return out
+
+
+def encode_prompt(prompt: str, device: torch.device | str, num_samples: int = 1) -> torch.Tensor:
+    """The prompt as a (num_samples, T) batch of tokens; an empty prompt starts from <|endoftext|>."""
+    tokenizer = get_tokenizer()
+    tokens = tokenizer.encode(prompt, allowed_special={END_OF_TEXT}) if prompt else [tokenizer.eot_token]
+    return torch.tensor(tokens, dtype=torch.long, device=device).repeat(num_samples, 1)
+
+
+def sample_text(
+    model: GPT,
+    prompt: str,
+    max_new_tokens: int = 200,
+    temperature: float = 0.8,
+    top_k: int | None = 200,
+    seed: int | None = None,
+    num_samples: int = 1,
+) -> list[str]:
+    """Text in, text out: each sample is the prompt followed by what the model wrote."""
+    device = next(model.parameters()).device
+    idx = encode_prompt(prompt, device, num_samples)
+    out = generate(model, idx, max_new_tokens, temperature, top_k, seed)
+    tokenizer = get_tokenizer()
+    return [prompt + tokenizer.decode(row[idx.size(1) :].tolist()) for row in out]
