@@ -10,14 +10,25 @@ from shakegpt.config import (
     PADDED_VOCAB_SIZE,
     PRESETS,
     PROJECT_ROOT,
+    REPOSITORY_URL,
     SMOKE,
     GPTConfig,
     ShakeGPTError,
+    colab_badge,
 )
 from shakegpt.model import GPT, MLP, Block, CausalSelfAttention, KVCache, causal_mask, clean_state_dict, export_hf
 from shakegpt.tokenizer import END_OF_TEXT, get_tokenizer
 from shakegpt.data import CORPORA, TokenBatches, load_corpus, load_tokens, split_tokens, strip_gutenberg
-from shakegpt.hardware import Precision, enable_tf32, get_device, get_precision, peak_flops, set_seed, synchronize
+from shakegpt.hardware import (
+    Precision,
+    describe_device,
+    enable_tf32,
+    get_device,
+    get_precision,
+    peak_flops,
+    set_seed,
+    synchronize,
+)
 from shakegpt.optim import configure_optimizer, estimate_mfu, flops_per_token, get_lr
 from shakegpt.checkpoint import load_checkpoint, load_model, model_from_checkpoint, save_checkpoint, unwrap_model
 from shakegpt.sampling import encode_prompt, generate, generate_stream, sample_text
@@ -27,6 +38,9 @@ __all__ = [
     "PADDED_VOCAB_SIZE",
     "PRESETS",
     "PROJECT_ROOT",
+    "REPOSITORY_URL",
+    "colab_badge",
+    "describe_device",
     "SMOKE",
     "GPTConfig",
     "ShakeGPTError",

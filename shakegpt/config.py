@@ -14,8 +14,18 @@ PADDED_VOCAB_SIZE = 50304
 # Read once: SHAKEGPT_SMOKE=1 shrinks every notebook and demo so that it runs on 2 CPU cores in CI.
 SMOKE = os.environ.get("SHAKEGPT_SMOKE", "").strip().lower() not in ("", "0", "false", "no")
 
+# Where the course is published: the Open-in-Colab badges and the Colab set-up cells are built from this one address.
+REPOSITORY = "shakegpt/shakegpt"
+REPOSITORY_URL = f"https://github.com/{REPOSITORY}"
+
 # The repository root (this package's parent), where data/, figures/ and runs/ live.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def colab_badge(notebook: str) -> str:
+    """Markdown for an "Open in Colab" badge that opens `notebooks/<notebook>` from the published repository."""
+    url = f"https://colab.research.google.com/github/{REPOSITORY}/blob/main/notebooks/{notebook}"
+    return f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({url})"
 
 
 class ShakeGPTError(Exception):

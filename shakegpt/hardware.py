@@ -135,3 +135,31 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
         if gpu in name and precision == kind:
             return flops
     return None
+
+
+def processor_name() -> str:
+    """The CPU's model name, read from /proc/cpuinfo on Linux, else from the platform module."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def describe_device(device: torch.device | str | None = None) -> str:
+    """One line naming the hardware a result was measured on, e.g. for a notebook's first output."""
+    device = torch.device(device) if device is not None else get_device()
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        name = f"{torch.cuda.get_device_name(device)} (compute capability {major}.{minor})"
+    elif device.type == "mps":
+        name = f"Apple MPS ({processor_name()})"
+    else:
+        import os
+
+        name = f"{processor_name()}, {os.cpu_count()} cores"
+    return f"{device.type}: {name}; torch {torch.__version__}; autocast {auto_dtype(device)}"
