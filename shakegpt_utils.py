@@ -81,3 +81,21 @@ __all__ = [
     "generate_stream",
     "sample_text",
 ]
+from shakegpt.plots import plot_loss_curves, plot_lr_schedule, save_figure
+from shakegpt.train import TrainConfig, evaluate, read_metrics, train, train_step
+from shakegpt.cli import main
+
+__all__ += [
+    "plot_loss_curves",
+    "plot_lr_schedule",
+    "save_figure",
+    "TrainConfig",
+    "evaluate",
+    "read_metrics",
+    "train",
+    "train_step",
+    "main",
+]
+
+if __name__ == "__main__":
+    raise SystemExit(main())
