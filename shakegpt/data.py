@@ -19,7 +19,12 @@ import torch
 from .config import PROJECT_ROOT, ShakeGPTError
 from .tokenizer import get_tokenizer
 
-DEFAULT_CACHE_DIR = PROJECT_ROOT / "data"
+
+def cache_folder(cache_dir: str | Path | None = None) -> Path:
+    """Where corpora and token caches are kept: `cache_dir` if given, else $SHAKEGPT_CACHE_DIR, else data/."""
+    return Path(cache_dir or os.environ.get("SHAKEGPT_CACHE_DIR") or PROJECT_ROOT / "data")
+
+
 VAL_FRACTION = 0.1  # the last 10% of the tokens is held out for validation
 
 
@@ -31,6 +36,11 @@ def strip_gutenberg(text: str) -> str:
     if start is None or end is None:
         raise ShakeGPTError("the complete works do not have Gutenberg's START and END markers where expected.")
     body = text[start.end() : end.start()]
+    # This edition opens with World Library's notes and its "Small Print!" licence, which ends with a version line;
+    # Shakespeare's text (the Sonnets) starts after it.
+    small_print_end = re.search(r'^\["Small Print" V\.[\d.]+\]$', body, flags=re.M)
+    if small_print_end is not None:
+        body = body[small_print_end.end() :]
     body = re.sub(r"<<THIS ELECTRONIC VERSION OF THE COMPLETE WORKS.*?>>\n?", "", body, flags=re.S)
     return body.strip() + "\n"
 
@@ -120,10 +130,10 @@ def read_verified(path: Path, corpus: Corpus) -> bytes:
 
 
 def load_corpus(name: str = "tinyshakespeare", cache_dir: str | Path | None = None) -> str:
-    """The text of corpus `name`, cleaned: from the cache folder (data/), else from $SHAKEGPT_DATA_DIR, else
+    """The text of corpus `name`, cleaned: from the cache folder (see cache_folder), else from $SHAKEGPT_DATA_DIR, else
     downloaded into the cache. Its sha256 is checked every time."""
     corpus = get_corpus(name)
-    cached = Path(cache_dir or DEFAULT_CACHE_DIR) / corpus.filename
+    cached = cache_folder(cache_dir) / corpus.filename
     user_dir = os.environ.get("SHAKEGPT_DATA_DIR")
     if cached.is_file():
         data = read_verified(cached, corpus)
@@ -138,7 +148,7 @@ def load_tokens(name: str = "tinyshakespeare", cache_dir: str | Path | None = No
     """The corpus as GPT-2 tokens (uint16), encoded once and cached in the cache folder under the text's hash."""
     text = load_corpus(name, cache_dir)
     digest = sha256_of(text.encode())[:16]
-    path = Path(cache_dir or DEFAULT_CACHE_DIR) / f"{name}-gpt2-{digest}.u16"
+    path = cache_folder(cache_dir) / f"{name}-gpt2-{digest}.u16"
     if path.is_file():
         return np.fromfile(path, dtype=np.uint16)
     tokens = np.array(get_tokenizer().encode_ordinary(text), dtype=np.uint16)

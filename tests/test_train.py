@@ -1,0 +1,376 @@
+"""The training run: its files, exact resume after kill -9, DDP equals one process, NaN stops, bad arguments."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import shakegpt.train as train_module
+import shakegpt_utils as sg
+
+ROOT = Path(__file__).resolve().parent.parent
+# A tiny run: 2 layers, 64 wide, 64 tokens of context, fp32 so every run repeats bit for bit.
+TINY = ["--preset", "tiny", "--batch-size", "4", "--seq-len", "32", "--dtype", "fp32", "--no-progress"]
+TINY_SCHEDULE = ["--max-steps", "12", "--warmup-steps", "3", "--lr", "3e-3", "--log-interval", "1"]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict[str, str]:
+    """Environment for runs: corpora from SHAKEGPT_DATA_DIR (set by CI), caches in a temporary folder."""
+    if not os.environ.get("SHAKEGPT_DATA_DIR"):
+        pytest.skip("set SHAKEGPT_DATA_DIR to a folder holding tinyshakespeare.txt")
+    cache = tmp_path_factory.mktemp("cache")
+    values = {**os.environ, "SHAKEGPT_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    sg.load_tokens("tinyshakespeare", cache)  # encode once for every run below
+    return values
+
+
+@pytest.fixture()
+def in_process_env(env, monkeypatch) -> None:
+    monkeypatch.setenv("SHAKEGPT_CACHE_DIR", env["SHAKEGPT_CACHE_DIR"])
+
+
+def cli(args: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "shakegpt_utils", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def losses(out: Path) -> list[tuple[int, float]]:
+    return [(row["step"], row["loss"]) for row in sg.read_metrics(out / "metrics.jsonl")]
+
+
+def run_config(out: Path, **changes) -> sg.TrainConfig:
+    values = dict(
+        preset="tiny",
+        batch_size=4,
+        seq_len=32,
+        dtype="fp32",
+        progress=False,
+        max_steps=12,
+        warmup_steps=3,
+        lr=3e-3,
+        log_interval=1,
+        eval_interval=6,
+        ckpt_interval=3,
+        sample_interval=0,
+        sample_tokens=8,
+        device="cpu",
+        tensorboard=False,
+        out=str(out),
+    )
+    values.update(changes)
+    return sg.TrainConfig(**values)
+
+
+def test_run_writes_everything_the_issue_lists(tmp_path, in_process_env):
+    out = tmp_path / "run"
+    summary = sg.train(run_config(out, dropout=0.1, sample_interval=6, tensorboard=True))
+    rows = sg.read_metrics(out / "metrics.jsonl")
+    assert [row["step"] for row in rows] == list(range(1, 13))
+    for row in rows:
+        assert {"step", "loss", "lr", "grad_norm", "dt_ms", "tok_per_s"} <= set(row)
+        assert row["tokens"] == row["step"] * 4 * 32
+    assert [row["step"] for row in rows if "val_loss" in row] == [6, 12]
+    assert rows[0]["loss"] == pytest.approx(torch.log(torch.tensor(50257.0)).item(), abs=0.3)  # untrained ≈ ln V
+    assert rows[-1]["loss"] < rows[0]["loss"] - 1.0  # it learns
+
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved == json.loads(json.dumps(summary))
+    for key in (
+        "steps",
+        "tokens",
+        "wall_time_s",
+        "time_to_target_s",
+        "best_val_loss",
+        "best_val_step",
+        "final_train_loss",
+        "device",
+        "dtype",
+        "versions",
+    ):
+        assert key in saved
+    assert saved["steps"] == 12 and saved["tokens"] == 12 * 128
+    best_row = min((row for row in rows if "val_loss" in row), key=lambda row: row["val_loss"])
+    assert (saved["best_val_step"], saved["best_val_loss"]) == (best_row["step"], best_row["val_loss"])
+    assert saved["final_train_loss"] == rows[-1]["loss"]
+
+    best = sg.load_checkpoint(out / "best.pt")
+    last = sg.load_checkpoint(out / "last.pt")
+    assert best["step"] == saved["best_val_step"] and last["step"] == 12
+    for name in ("loss.png", "loss.svg", "samples.txt"):
+        assert (out / name).stat().st_size > 0
+    assert (out / "samples.txt").read_text().count("=== step") == 2  # steps 6 and 12, the last one not repeated
+    assert saved["sample"].startswith("ROMEO:")
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    train_curve = [event.value for event in events.Scalars("loss/train")]
+    assert train_curve == pytest.approx([row["loss"] for row in rows])
+    assert len(events.Scalars("loss/val")) == 2
+    assert "sample" in " ".join(events.Tags()["tensors"])
+
+
+def test_target_loss_stops_the_run_and_is_recorded(tmp_path, in_process_env):
+    out = tmp_path / "target"
+    summary = sg.train(run_config(out, max_steps=40, target_loss=9.5, log_interval=2))
+    rows = sg.read_metrics(out / "metrics.jsonl")
+    assert summary["stop_reason"] == "target_loss"
+    reached = next(row for row in rows if row["loss"] < 9.5)
+    assert summary["target_step"] == reached["step"] == rows[-1]["step"] < 40
+    assert summary["time_to_target_s"] > 0
+    assert sg.load_checkpoint(out / "last.pt")["step"] == reached["step"]
+
+
+def test_resume_after_kill_9_continues_exactly(tmp_path, env):
+    """Kill the run hard after its first checkpoint, resume, and compare with an uninterrupted run step by step."""
+    common = [
+        *TINY,
+        *TINY_SCHEDULE,
+        "--dropout",
+        "0.1",
+        "--ckpt-interval",
+        "2",
+        "--eval-interval",
+        "4",
+        "--sample-interval",
+        "0",
+        "--no-tensorboard",
+    ]
+    reference = tmp_path / "reference"
+    assert cli(["train", *common, "--out", str(reference)], env).returncode == 0
+
+    interrupted = tmp_path / "interrupted"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "shakegpt_utils", "train", *common, "--out", str(interrupted)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        metrics = interrupted / "metrics.jsonl"
+        if (interrupted / "last.pt").exists() and metrics.exists() and len(metrics.read_text().splitlines()) >= 5:
+            break
+        time.sleep(0.02)
+    assert process.poll() is None, "the run finished before it could be killed; make it longer"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = len(sg.read_metrics(interrupted / "metrics.jsonl"))
+    assert killed_at < 12
+
+    resumed = cli(["train", *common, "--out", str(interrupted), "--resume"], env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stdout
+    assert losses(interrupted) == losses(reference)  # exactly equal, every step
+    val = [row.get("val_loss") for row in sg.read_metrics(interrupted / "metrics.jsonl")]
+    assert val == [row.get("val_loss") for row in sg.read_metrics(reference / "metrics.jsonl")]
+
+
+def test_crash_during_checkpoint_write_keeps_previous_and_resume_is_exact(tmp_path, in_process_env, monkeypatch):
+    reference = tmp_path / "reference"
+    sg.train(run_config(reference, dropout=0.1))
+
+    out = tmp_path / "crashed"
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def save_then_die(obj, f, *args, **kwargs):
+        calls["n"] += 1
+        if obj.get("step") == 9:  # die half-way through writing the step-9 checkpoint
+            f.write(b"PK\x03\x04 half a checkpoint")
+            raise KeyboardInterrupt
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        sg.train(run_config(out, dropout=0.1))
+    monkeypatch.setattr(torch, "save", real_save)
+    assert sg.load_checkpoint(out / "last.pt")["step"] == 6
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+    sg.train(run_config(out, dropout=0.1, resume=True))
+    assert losses(out) == losses(reference)
+
+
+def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path, env):
+    base = [
+        "--preset",
+        "tiny",
+        "--seq-len",
+        "32",
+        "--dtype",
+        "fp32",
+        "--no-progress",
+        "--max-steps",
+        "6",
+        "--warmup-steps",
+        "2",
+        "--lr",
+        "3e-3",
+        "--log-interval",
+        "1",
+        "--eval-interval",
+        "3",
+        "--eval-batches",
+        "2",
+        "--sample-interval",
+        "0",
+        "--no-tensorboard",
+        "--device",
+        "cpu",
+    ]
+    single = tmp_path / "single"
+    one = cli(["train", *base, "--batch-size", "4", "--grad-accum", "2", "--out", str(single)], env)
+    assert one.returncode == 0, one.stderr
+    double = tmp_path / "ddp"
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "shakegpt_utils",
+            "train",
+            *base,
+            "--batch-size",
+            "2",
+            "--total-batch",
+            "8",
+            "--out",
+            str(double),
+        ],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "2 process(es)" in two.stdout
+    assert two.stdout.count("training tiny") == 1  # only rank 0 logs
+    a, b = sg.read_metrics(single / "metrics.jsonl"), sg.read_metrics(double / "metrics.jsonl")
+    assert [row["step"] for row in a] == [row["step"] for row in b] == list(range(1, 7))
+    for row_a, row_b in zip(a, b, strict=True):
+        assert row_b["loss"] == pytest.approx(row_a["loss"], abs=1e-5)
+        assert row_b["tokens"] == row_a["tokens"]
+        if "val_loss" in row_a:
+            assert row_b["val_loss"] == pytest.approx(row_a["val_loss"], abs=1e-5)
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
+    tmp_path, in_process_env, monkeypatch, capsys
+):
+    real_step = train_module.train_step
+    calls = {"n": 0}
+
+    def step_that_goes_nan(*args, **kwargs):
+        calls["n"] += 1
+        loss, norm = real_step(*args, **kwargs)
+        return (loss * float("nan"), norm) if calls["n"] == 8 else (loss, norm)
+
+    monkeypatch.setattr(train_module, "train_step", step_that_goes_nan)
+    out = tmp_path / "nan"
+    args = [
+        "train",
+        *TINY,
+        *TINY_SCHEDULE,
+        "--ckpt-interval",
+        "3",
+        "--eval-interval",
+        "6",
+        "--sample-interval",
+        "0",
+        "--no-tensorboard",
+        "--out",
+        str(out),
+    ]
+    assert sg.main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "step 8" in err and "nan" in err
+    assert sg.load_checkpoint(out / "last.pt")["step"] == 6  # the checkpoint of step 6 survives, step 9 never written
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--preset", "huge"], "unknown preset 'huge'"),
+        (["train", "--preset", "tiny", "--seq-len", "65"], "--seq-len 65 is above"),
+        (["train", "--preset", "tiny", "--batch-size", "3", "--total-batch", "8"], "--total-batch 8 is not divisible"),
+        (["train", "--corpus", "sonnets"], "unknown corpus 'sonnets'"),
+        (["train", "--batch-size", "many"], "invalid int value: 'many'"),
+        (["train", "--preset", "tiny", "--dtype", "fp8"], "unknown dtype 'fp8'"),
+        (["sample", "--ckpt", "no/such/file.pt"], "no checkpoint at no/such/file.pt"),
+    ],
+)
+def test_bad_arguments_give_one_line_and_nonzero_exit(args, message, env):
+    result = cli(args, env)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0 and message in result.stderr
+
+
+def test_missing_corpus_offline_says_where_to_put_it(tmp_path, env):
+    offline = {k: v for k, v in env.items() if k != "SHAKEGPT_DATA_DIR"}
+    offline.update(SHAKEGPT_CACHE_DIR=str(tmp_path), HTTPS_PROXY="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9")
+    result = cli(["train", *TINY, "--max-steps", "1", "--out", str(tmp_path / "run")], offline, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "could not download tinyshakespeare.txt" in result.stderr and "SHAKEGPT_DATA_DIR" in result.stderr
+    assert not list(tmp_path.glob("*.txt"))
+
+
+def test_unreadable_checkpoints_are_refused_for_resume_and_sample(tmp_path, env):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "last.pt").write_bytes(b"PK\x03\x04 not really a zip")
+    resume = cli(["train", *TINY, "--max-steps", "2", "--out", str(out), "--resume"], env)
+    assert resume.returncode == 1 and "is not a readable checkpoint" in resume.stderr
+    assert "Traceback" not in resume.stderr
+    assert (out / "last.pt").read_bytes() == b"PK\x03\x04 not really a zip"  # nothing overwritten
+    sample = cli(["sample", "--ckpt", str(out / "last.pt")], env)
+    assert sample.returncode == 1 and "is not a readable checkpoint" in sample.stderr
+
+
+def test_sample_command_prints_seeded_samples_from_a_checkpoint(tmp_path, env):
+    torch.manual_seed(0)
+    model = sg.GPT(sg.GPTConfig.tiny(vocab_size=sg.PADDED_VOCAB_SIZE))
+    sg.save_checkpoint(tmp_path / "tiny.pt", model)
+    args = [
+        "sample",
+        "--ckpt",
+        str(tmp_path / "tiny.pt"),
+        "--prompt",
+        "JULIET:",
+        "--num-samples",
+        "2",
+        "--max-new-tokens",
+        "12",
+        "--seed",
+        "7",
+        "--device",
+        "cpu",
+    ]
+    first, second = cli(args, env), cli(args, env)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == second.stdout
+    expected = sg.sample_text(model.eval(), "JULIET:", 12, 0.8, 200, seed=7, num_samples=2)
+    for i, text in enumerate(expected):
+        assert f"--- sample {i + 1} ---\n{text}\n" in first.stdout
