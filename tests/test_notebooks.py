@@ -1,0 +1,109 @@
+"""Every numbered notebook runs top to bottom in smoke mode, and keeps the shape all the course's notebooks share.
+
+The shape of a notebook:
+1. The first cell is markdown: a "# " title and the Open-in-Colab badge, exactly `sg.colab_badge("<file name>")`.
+2. The first code cell is the Colab set-up: on Colab ("google.colab" in sys.modules) it clones REPO_URL (the literal
+   `sg.REPOSITORY_URL`), runs `pip install -e` on it and changes into it; anywhere else it does nothing.
+3. The first output of the notebook is the line `sg.describe_device()` prints: the device the outputs came from.
+4. Exactly one code cell is tagged "parameters"; it sets the sizes from `sg.SMOKE`, and no other cell reads SMOKE.
+5. Sections of why (markdown) and how (code), one idea each. A notebook that builds a piece ends by asserting that
+   its version and the helper module's give the same outputs on the same input.
+6. Figures are saved with `sg.save_figure(fig, "NN_name")`, NN being the notebook's number: PNG and SVG in figures/.
+Committed notebooks carry the outputs of one real (not smoke) run, top to bottom.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from shakegpt.config import PROJECT_ROOT, REPOSITORY_URL, colab_badge
+
+nbclient = pytest.importorskip("nbclient")
+
+NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
+NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+DEVICE_LINE = re.compile(r"^(cpu|cuda|mps): .+; torch \S+; autocast \w+$")
+SAVED_FIGURE = re.compile(r"""sg\.save_figure\(\s*\w+\s*,\s*["']([^"']+)["']""")
+CELL_TIMEOUT_S = 120
+
+
+def code_cells(nb: nbformat.NotebookNode) -> list[nbformat.NotebookNode]:
+    return [cell for cell in nb.cells if cell.cell_type == "code"]
+
+
+def first_output_line(nb: nbformat.NotebookNode) -> str:
+    """The first line of text the notebook printed (stream or result), or '' if it printed nothing."""
+    for cell in code_cells(nb):
+        for output in cell.get("outputs", []):
+            if output.output_type == "stream":
+                return output.text.splitlines()[0]
+            if output.output_type in ("execute_result", "display_data") and "text/plain" in output.data:
+                return output.data["text/plain"].splitlines()[0]
+    return ""
+
+
+def saved_figure_names(nb: nbformat.NotebookNode) -> list[str]:
+    return [name for cell in code_cells(nb) for name in SAVED_FIGURE.findall(cell.source)]
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS, f"no numbered notebooks in {NOTEBOOK_DIR}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_has_the_course_shape(path: Path):
+    nb = nbformat.read(path, as_version=4)
+    first = nb.cells[0]
+    assert first.cell_type == "markdown" and first.source.startswith("# "), "the first cell must be the title"
+    assert colab_badge(path.name) in first.source, "the first cell must hold sg.colab_badge(<this file's name>)"
+
+    colab = code_cells(nb)[0]
+    assert '"google.colab" in sys.modules' in colab.source, "the first code cell must be the Colab set-up"
+    repo_urls = re.findall(r'^REPO_URL = "([^"]+)"$', colab.source, flags=re.M)
+    assert repo_urls == [REPOSITORY_URL], f"the Colab cell must set REPO_URL = {REPOSITORY_URL!r}, not {repo_urls}"
+    assert "pip" in colab.source and "install" in colab.source and "-e" in colab.source
+
+    tagged = [cell for cell in nb.cells if "parameters" in cell.metadata.get("tags", [])]
+    assert len(tagged) == 1, f"{len(tagged)} cells are tagged 'parameters'; there must be exactly one"
+    assert tagged[0].cell_type == "code" and "sg.SMOKE" in tagged[0].source
+    elsewhere = [cell.id for cell in code_cells(nb) if "SMOKE" in cell.source and cell is not tagged[0]]
+    assert not elsewhere, f"only the parameters cell may read the smoke switch, not cells {elsewhere}"
+
+    number = path.name[:2]
+    for name in saved_figure_names(nb):
+        assert name.startswith(f"{number}_"), f"figure {name!r} must be named after its notebook ({number}_...)"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_notebook_carries_the_outputs_of_one_run(path: Path):
+    nb = nbformat.read(path, as_version=4)
+    counts = [cell.execution_count for cell in code_cells(nb)]
+    assert counts == list(range(1, len(counts) + 1)), "execute the notebook top to bottom once before committing"
+    errors = [cell.id for cell in code_cells(nb) for out in cell.outputs if out.output_type == "error"]
+    assert not errors, f"committed outputs hold errors in cells {errors}"
+    assert DEVICE_LINE.match(first_output_line(nb)), "the first output must be sg.describe_device()'s line"
+    for name in saved_figure_names(nb):
+        for suffix in (".png", ".svg"):
+            assert (PROJECT_ROOT / "figures" / f"{name}{suffix}").is_file(), f"figures/{name}{suffix} is not there"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs_in_smoke_mode(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    figures = tmp_path / "figures"
+    monkeypatch.setenv("SHAKEGPT_SMOKE", "1")
+    monkeypatch.setenv("SHAKEGPT_FIGURES_DIR", str(figures))  # the committed figures stay as they are
+    monkeypatch.setenv("SHAKEGPT_CACHE_DIR", str(tmp_path / "cache"))
+    nb = nbformat.read(path, as_version=4)
+    client = nbclient.NotebookClient(
+        nb, kernel_name="python3", timeout=CELL_TIMEOUT_S, resources={"metadata": {"path": str(NOTEBOOK_DIR)}}
+    )
+    client.execute()  # raises CellExecutionError, naming the cell, on the first error
+
+    assert DEVICE_LINE.match(first_output_line(nb)), "the first output must be sg.describe_device()'s line"
+    for name in saved_figure_names(nb):
+        for suffix in (".png", ".svg"):
+            assert (figures / f"{name}{suffix}").stat().st_size > 0, f"{name}{suffix} was not saved"
