@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import pickle
 import random
-import tempfile
-import zipfile
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from .config import GPTConfig, ShakeGPTError
+from .data import write_atomically
 from .model import GPT, clean_state_dict
 
 CHECKPOINT_FORMAT = "shakegpt-checkpoint-1"
@@ -65,16 +62,7 @@ def save_checkpoint(
         "train_config": train_config,
         "extra": extra or {},
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, lambda f: torch.save(payload, f))
     return path
 
 
@@ -87,7 +75,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         )
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
+    except Exception as error:  # torch.load fails in many ways on a foreign file: KeyError, IndexError, EOFError...
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ShakeGPTError(f"{path} is not a readable checkpoint (truncated or not a checkpoint): {reason}") from error
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:

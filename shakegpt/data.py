@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import os
 import re
-import tempfile
-import urllib.error
+import secrets
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -84,18 +85,20 @@ def sha256_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, then rename: a crash never leaves a half-written `path`."""
+def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Let `write` fill a new temporary file beside `path`, then rename it: a crash (even kill -9) never leaves a
+    half-written `path`, and a failed write keeps the previous one. Unlike mkstemp's owner-only files, the file
+    gets the permissions the umask gives, so a shared data folder or checkpoint stays readable by the group."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        with open(tmp, "xb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -104,7 +107,7 @@ def download_corpus(corpus: Corpus, dest: Path, timeout: float = 60.0) -> bytes:
     try:
         with urllib.request.urlopen(corpus.url, timeout=timeout) as response:
             data = response.read()
-    except (urllib.error.URLError, OSError) as error:
+    except (OSError, http.client.HTTPException) as error:  # URLError is an OSError; a reply cut short is neither
         raise ShakeGPTError(
             f"could not download {corpus.filename} from {corpus.url} ({error}). Offline? Put the file in "
             f"{dest.parent}/ or set SHAKEGPT_DATA_DIR to a folder that holds it."
@@ -115,7 +118,7 @@ def download_corpus(corpus: Corpus, dest: Path, timeout: float = 60.0) -> bytes:
         data = gzip.decompress(data)
     if sha256_of(data) != corpus.sha256:
         raise ShakeGPTError(f"{corpus.url} unpacked to the wrong sha256; nothing was saved.")
-    write_atomically(dest, data)
+    write_atomically(dest, lambda f: f.write(data))
     return data
 
 
@@ -152,7 +155,7 @@ def load_tokens(name: str = "tinyshakespeare", cache_dir: str | Path | None = No
     if path.is_file():
         return np.fromfile(path, dtype=np.uint16)
     tokens = np.array(get_tokenizer().encode_ordinary(text), dtype=np.uint16)
-    write_atomically(path, tokens.tobytes())
+    write_atomically(path, lambda f: f.write(tokens.tobytes()))
     return tokens
 
 

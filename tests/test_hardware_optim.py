@@ -1,0 +1,197 @@
+"""Device, precision, seeding, the optimizer's parameter groups, the learning-rate schedule and MFU arithmetic, each
+against hand-written expectations."""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import shakegpt.hardware
+from shakegpt.config import GPTConfig, ShakeGPTError
+from shakegpt.hardware import enable_tf32, get_device, get_precision, peak_flops, set_seed
+from shakegpt.model import GPT
+from shakegpt.optim import configure_optimizer, estimate_mfu, flops_per_token, get_lr
+
+# ---- device and precision --------------------------------------------------------------------------------------
+
+
+def test_get_device_prefers_cuda_then_mps_then_cpu(monkeypatch):
+    assert get_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert get_device() == get_device("auto") == torch.device("cpu")
+    with pytest.raises(ShakeGPTError, match="--device cuda: no CUDA GPU is available here"):
+        get_device("cuda")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert get_device() == torch.device("mps")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert get_device() == torch.device("cuda")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/cpuinfo")
+def test_cpu_bf16_detection_reads_the_cpu_flags():
+    flags = set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            flags |= set(line.split(":", 1)[1].split())
+    native = bool(flags & {"avx512_bf16", "amx_bf16"})
+    assert shakegpt.hardware.cpu_has_native_bf16() == native
+    assert get_precision("cpu").dtype == (torch.bfloat16 if native else torch.float32)
+
+
+@pytest.mark.parametrize("native, dtype", [(True, torch.bfloat16), (False, torch.float32)])
+def test_auto_precision_on_cpu_is_bf16_only_where_native(monkeypatch, native, dtype):
+    monkeypatch.setattr(shakegpt.hardware, "cpu_has_native_bf16", lambda: native)
+    precision = get_precision(torch.device("cpu"))
+    assert precision.dtype == dtype
+    assert precision.scaler is None
+
+
+def test_bf16_precision_autocasts_matrix_products():
+    precision = get_precision("cpu", "bf16")
+    assert (precision.device_type, precision.dtype, precision.name, precision.scaler) == (
+        "cpu",
+        torch.bfloat16,
+        "bf16",
+        None,
+    )
+    a, b = torch.randn(8, 8), torch.randn(8, 8)
+    with precision.autocast():
+        assert torch.is_autocast_enabled("cpu")
+        product = a @ b
+    assert product.dtype == torch.bfloat16
+    torch.testing.assert_close(product.float(), a @ b, atol=0.1, rtol=0.02)
+    assert not torch.is_autocast_enabled("cpu")
+
+
+def test_fp32_precision_changes_nothing():
+    precision = get_precision("cpu", "fp32")
+    assert (precision.dtype, precision.name, precision.scaler) == (torch.float32, "fp32", None)
+    with precision.autocast():
+        assert not torch.is_autocast_enabled("cpu")
+        assert (torch.randn(4, 4) @ torch.randn(4, 4)).dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    "dtype, message",
+    [
+        ("fp16", "fp16 autocast with loss scaling needs a CUDA GPU; use bf16 or fp32 here"),
+        ("int8", "unknown dtype 'int8'; choose auto, bf16, fp16 or fp32"),
+    ],
+)
+def test_unsupported_precision_is_refused(dtype, message):
+    with pytest.raises(ShakeGPTError, match=message):
+        get_precision("cpu", dtype)
+
+
+def test_cpu_has_no_tf32_and_no_peak_flops():
+    before = torch.backends.cuda.matmul.allow_tf32
+    assert enable_tf32(torch.device("cpu")) is False
+    assert torch.backends.cuda.matmul.allow_tf32 == before
+    assert peak_flops(torch.device("cpu"), torch.bfloat16) is None
+
+
+# ---- seeding -----------------------------------------------------------------------------------------------------
+
+
+def short_run(seed: int) -> tuple[dict[str, torch.Tensor], float]:
+    """Three training steps with dropout on random data: every random draw goes through the seeded generators."""
+    set_seed(seed)
+    config = GPTConfig(block_size=16, vocab_size=64, n_layer=2, n_head=2, n_embd=16, dropout=0.2)
+    model = GPT(config)
+    optimizer = configure_optimizer(model, lr=1e-2)
+    for _ in range(3):
+        idx = torch.randint(config.vocab_size, (4, 17))
+        _, loss = model(idx[:, :-1], idx[:, 1:])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return model.state_dict(), random.random()
+
+
+def test_set_seed_makes_runs_repeat_bit_for_bit():
+    first, second, other = short_run(1), short_run(1), short_run(2)
+    assert first[1] == second[1] != other[1]
+    for name, tensor in first[0].items():
+        assert torch.equal(tensor, second[0][name]), name
+    assert not torch.equal(first[0]["transformer.wte.weight"], other[0]["transformer.wte.weight"])
+
+
+# ---- optimizer ---------------------------------------------------------------------------------------------------
+
+# Every matrix: embeddings and the weights of linear layers.
+DECAYED = ("wte.weight", "wpe.weight", "c_attn.weight", "attn.c_proj.weight", "c_fc.weight", "mlp.c_proj.weight")
+
+
+def test_optimizer_decays_matrices_only_and_holds_each_parameter_once(tiny_config):
+    model = GPT(tiny_config)
+    optimizer = configure_optimizer(model, weight_decay=0.1, lr=3e-4, betas=(0.9, 0.95), device_type="cpu")
+    decay, no_decay = optimizer.param_groups
+    names = {id(p): name for name, p in model.named_parameters()}  # the tied output layer appears once, as wte
+    assert {names[id(p)] for p in decay["params"]} == {n for n in names.values() if n.endswith(DECAYED)}
+    assert {names[id(p)] for p in no_decay["params"]} == {
+        n for n in names.values() if n.endswith(".bias") or ".ln_" in n or n.startswith("transformer.ln_f.")
+    }
+    grouped = [id(p) for p in decay["params"] + no_decay["params"]]
+    assert sorted(grouped) == sorted(names)  # every parameter, once
+    assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.1, 0.0)
+    assert decay["lr"] == no_decay["lr"] == 3e-4
+    assert decay["betas"] == (0.9, 0.95)
+    assert not optimizer.defaults["fused"]  # fused is the CUDA kernel
+
+
+def test_weight_decay_shrinks_only_the_decayed_group(tiny_config):
+    """With zero gradients AdamW's step is the decay alone: p -> p * (1 - lr * weight_decay), or no change."""
+    model = GPT(tiny_config)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    optimizer = configure_optimizer(model, weight_decay=0.5, lr=0.1)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    for name, p in model.named_parameters():
+        factor = 1 - 0.1 * 0.5 if name.endswith(DECAYED) else 1.0
+        torch.testing.assert_close(p.detach(), before[name] * factor, atol=0, rtol=1e-6, msg=name)
+
+
+# ---- learning-rate schedule --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "step, expected",
+    [
+        (0, 6e-5),  # warmup: max_lr * (step + 1) / warmup_steps
+        (4, 3e-4),
+        (9, 6e-4),  # the end of warmup reaches the peak
+        (10, 6e-4),  # the cosine starts at the peak
+        (35, 6e-5 + 0.5 * (1 + math.cos(math.pi / 4)) * 5.4e-4),  # a quarter of the way down
+        (60, 3.3e-4),  # halfway: the mean of max and min
+        (110, 6e-5),  # the floor at max_steps
+        (10_000, 6e-5),  # and after it
+    ],
+)
+def test_lr_schedule_at_key_steps(step, expected):
+    assert get_lr(step, max_lr=6e-4, min_lr=6e-5, warmup_steps=10, max_steps=110) == pytest.approx(expected, rel=1e-12)
+
+
+def test_lr_schedule_decays_monotonically_after_warmup():
+    rates = [get_lr(step, 1e-3, 1e-4, 5, 200) for step in range(5, 201)]
+    assert all(a >= b for a, b in zip(rates, rates[1:], strict=False))
+    assert get_lr(0, 1e-3, 1e-4, 0, 200) == 1e-3  # no warmup: the peak at once
+
+
+# ---- model FLOPs utilisation -------------------------------------------------------------------------------------
+
+
+def test_flops_per_token_and_mfu_by_hand():
+    # GPT-2 124M at 1024 tokens: 6N for the weights plus 12 * layers * heads * head size * tokens for attention.
+    by_hand = 6 * 124_439_808 + 12 * 12 * 12 * 64 * 1024
+    assert by_hand == 859_885_056
+    assert flops_per_token(124_439_808, GPTConfig.gpt2(), 1024) == by_hand
+    mfu = estimate_mfu(124_439_808, GPTConfig.gpt2(), 1024, tokens_per_second=150_000, peak=312e12)
+    assert mfu == pytest.approx(859_885_056 * 150_000 / 312e12)  # about 41% of an A100's bf16 peak
+    assert estimate_mfu(124_439_808, GPTConfig.gpt2(), 1024, tokens_per_second=150_000, peak=None) is None
