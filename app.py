@@ -1,0 +1,215 @@
+"""ShakeGPT in the browser: a Gradio page that streams Shakespeare-like text from a trained checkpoint.
+
+Run `python app.py --ckpt runs/shakespeare/best.pt` and open http://127.0.0.1:7860. Without --ckpt it uses
+$SHAKEGPT_CKPT, else model.pt beside this file (the Hugging Face Space layout), else runs/shakespeare/best.pt (where
+`python -m shakegpt_utils train` writes); with none of them it serves a page that says how to get one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import codecs
+import math
+import os
+import secrets
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import gradio as gr
+import torch
+
+from shakegpt_utils import (
+    GPT,
+    ShakeGPTError,
+    encode_prompt,
+    generate_stream,
+    get_device,
+    get_tokenizer,
+    load_checkpoint,
+    model_from_checkpoint,
+)
+
+SPACE_CHECKPOINT = Path(__file__).resolve().parent / "model.pt"
+TRAINED_CHECKPOINT = Path("runs") / "shakespeare" / "best.pt"  # relative to the working directory, like train's --out
+MAX_PROMPT_CHARS = 4000  # the model reads at most its context (block_size tokens) of it anyway
+MAX_NEW_TOKENS, TEMPERATURE_MAX, TOP_K_MAX, MAX_SEED = 1000, 2.0, 500, 2**31 - 1
+DEFAULTS = {"max_new_tokens": 200, "temperature": 0.8, "top_k": 200, "seed": 1337}
+EXAMPLES = [
+    ["ROMEO:\n"],
+    ["First Citizen:\nBefore we proceed any further, hear me speak.\n"],
+    ["KING RICHARD III:\nNow is the winter of our discontent\n"],
+    ["JULIET:\nO Romeo, Romeo! wherefore art thou Romeo?\n"],
+    ["HAMLET:\nTo be, or not to be"],
+]
+HOW_TO_GET_ONE = (
+    "Train one with `python -m shakegpt_utils train` (it writes runs/shakespeare/best.pt), then run "
+    "`python app.py --ckpt runs/shakespeare/best.pt`; or put a checkpoint at model.pt next to app.py, "
+    "or point SHAKEGPT_CKPT at one."
+)
+
+
+def clamp(value: object, low: float, high: float, default: float) -> float:
+    """`value` as a number within [low, high]; anything that is not a number (None, text, NaN) becomes `default`."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return default
+    return default if math.isnan(number) else min(max(number, low), high)
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (or its type's name), for one-line reports."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def find_checkpoint(ckpt: str | None) -> Path | None:
+    """--ckpt, else $SHAKEGPT_CKPT (either one must then exist), else the first of model.pt beside app.py and
+    runs/shakespeare/best.pt that exists, else None."""
+    chosen = ckpt or os.environ.get("SHAKEGPT_CKPT")
+    if chosen:
+        return Path(chosen).expanduser()
+    return next((path for path in (SPACE_CHECKPOINT, TRAINED_CHECKPOINT) if path.is_file()), None)
+
+
+def load_for_app(path: Path, device: torch.device) -> tuple[GPT, str]:
+    """The model in `path` on `device`, and one line describing it; ShakeGPTError if the file is unusable."""
+    checkpoint = load_checkpoint(path)
+    try:
+        model = model_from_checkpoint(checkpoint, device)
+    except (KeyError, RuntimeError, TypeError, ValueError) as error:
+        raise ShakeGPTError(f"{path} does not hold a usable ShakeGPT model: {first_line(error)}") from error
+    c = model.config
+    return model, (
+        f"Model: {path.name}, step {checkpoint.get('step', '?')}, {model.num_params() / 1e6:.1f}M parameters "
+        f"({c.n_layer} layers, {c.n_head} heads, {c.n_embd} wide), context {c.block_size} tokens, on {device}."
+    )
+
+
+def stream_text(
+    model: GPT, prompt: str, max_new_tokens: int, temperature: float, top_k: int | None, seed: int
+) -> Iterator[str]:
+    """The prompt and the text generated so far, after each token. The model reads the prompt's last block_size
+    tokens; bytes of a character split across tokens wait for the rest, as in one decode of all the tokens."""
+    tokenizer = get_tokenizer()
+    idx = encode_prompt(prompt, next(model.parameters()).device)[:, -model.config.block_size :]
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    text = prompt
+    tokens = generate_stream(model, idx, max_new_tokens, temperature=temperature, top_k=top_k, seed=seed)
+    for token in tokens:
+        piece = decoder.decode(tokenizer.decode_single_token_bytes(int(token)))
+        if piece:
+            text += piece
+            yield text
+    yield text + decoder.decode(b"", final=True)
+
+
+def make_handler(model: GPT | None, notice: str) -> Callable[..., Iterator[str]]:
+    """The generate button's function: clamps every input, then streams; a failure becomes a message on the page."""
+
+    def generate(prompt: str | None, max_new_tokens: float, temperature: float, top_k: float, seed: float | None):
+        if model is None:
+            raise gr.Error(notice)
+        prompt = str(prompt or "")[-MAX_PROMPT_CHARS:]
+        n = int(clamp(max_new_tokens, 1, MAX_NEW_TOKENS, DEFAULTS["max_new_tokens"]))
+        temp = clamp(temperature, 0.0, TEMPERATURE_MAX, DEFAULTS["temperature"])
+        k = int(clamp(top_k, 0, TOP_K_MAX, DEFAULTS["top_k"])) or None  # 0: no top-k cut
+        seed = int(clamp(seed, 0, MAX_SEED, secrets.randbelow(MAX_SEED + 1)))  # blank: a fresh seed
+        try:
+            yield from stream_text(model, prompt, n, temp, k, seed)
+        except Exception as error:  # keep serving the others: log one line, show the message to this user
+            print(f"app.py: generation failed: {type(error).__name__}: {first_line(error)}", file=sys.stderr)
+            raise gr.Error(f"Generation failed: {first_line(error)}") from error
+
+    return generate
+
+
+def build_app(model: GPT | None, notice: str, concurrency: int = 4) -> gr.Blocks:
+    """The page: prompt and examples, sampling controls, generate and stop buttons, the streamed text; queued, so
+    that up to `concurrency` requests generate at once and the rest wait their turn."""
+    with gr.Blocks(title="ShakeGPT", analytics_enabled=False) as demo:
+        gr.Markdown("# ShakeGPT\nGPT-2 built from scratch in PyTorch and trained on Shakespeare. Give it a prompt.")
+        gr.Markdown(notice if model is not None else f"**No model loaded.** {notice}", elem_id="notice")
+        with gr.Row():
+            with gr.Column(scale=3):
+                prompt = gr.Textbox(
+                    label="Prompt",
+                    lines=4,
+                    max_length=MAX_PROMPT_CHARS,
+                    placeholder="ROMEO:   (left empty, the model starts from <|endoftext|>)",
+                    elem_id="prompt",
+                )
+                gr.Examples(EXAMPLES, inputs=[prompt], cache_examples=False)
+            with gr.Column(scale=2):
+                max_new = gr.Slider(1, MAX_NEW_TOKENS, DEFAULTS["max_new_tokens"], step=1, label="Max new tokens")
+                temperature = gr.Slider(
+                    0, TEMPERATURE_MAX, DEFAULTS["temperature"], step=0.05, label="Temperature", info="0: greedy"
+                )
+                top_k = gr.Slider(
+                    0, TOP_K_MAX, DEFAULTS["top_k"], step=1, label="Top-k", info="sample among the k likeliest; 0: all"
+                )
+                seed = gr.Number(DEFAULTS["seed"], precision=0, label="Seed", info="same seed, same text; blank: new")
+                with gr.Row():
+                    run = gr.Button("Generate", variant="primary", elem_id="generate")
+                    stop = gr.Button("Stop")
+        output = gr.Textbox(label="Text", lines=14, max_lines=40, buttons=["copy"], elem_id="output")
+        inputs = [prompt, max_new, temperature, top_k, seed]
+        # preprocess=False: the handler gets the raw values and clamps them; a slider's own check would refuse an
+        # out-of-range value from the API with an error instead.
+        event = run.click(make_handler(model, notice), inputs, output, api_name="generate", preprocess=False)
+        stop.click(None, cancels=[event])
+    return demo.queue(default_concurrency_limit=concurrency, max_size=64)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad command line in one line (no usage dump) and exits with status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def device_arg(name: str) -> torch.device:
+    """--device's value as a torch device; a bad one becomes argparse's one-line error."""
+    try:
+        return get_device(name)
+    except (RuntimeError, ShakeGPTError) as error:
+        raise argparse.ArgumentTypeError(first_line(error)) from error
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line; host and port default to Gradio's variables (a Space sets them), else 127.0.0.1:7860."""
+    parser = OneLineParser(prog="app.py", description="Serve a ShakeGPT checkpoint on a Gradio page.")
+    parser.add_argument("--ckpt", help="checkpoint file (default: $SHAKEGPT_CKPT, model.pt, runs/shakespeare/best.pt)")
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), help="default 127.0.0.1")
+    parser.add_argument("--port", type=int, default=os.environ.get("GRADIO_SERVER_PORT", "7860"), help="default 7860")
+    parser.add_argument("--device", type=device_arg, default="auto", help="cpu, cuda, mps or auto (default)")
+    parser.add_argument("--concurrency", type=int, default=4, help="requests generated at once (default 4)")
+    args = parser.parse_args(argv)
+    if not 0 < args.port < 65536:
+        parser.error(f"--port {args.port} is not a port number (1-65535)")
+    if args.concurrency < 1:
+        parser.error("--concurrency must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Load the checkpoint (or explain how to get one), then serve the page until interrupted."""
+    args = parse_args(argv)
+    try:
+        path = find_checkpoint(args.ckpt)
+        if path is None:
+            model, notice = None, f"No checkpoint found. {HOW_TO_GET_ONE}"
+            print(f"app.py: {notice}", file=sys.stderr, flush=True)
+        else:
+            model, notice = load_for_app(path, args.device)
+            print(f"app.py: {notice}", flush=True)
+        build_app(model, notice, args.concurrency).launch(server_name=args.host, server_port=args.port)
+    except (ShakeGPTError, OSError) as error:
+        print(f"app.py: error: {first_line(error)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,310 @@
+"""The demo app (app.py): a real browser drives the page, concurrent API users each get their own seeded text, bad
+input is clamped or reported in one line.
+
+The app runs as a subprocess on a free loopback port, serving a tiny checkpoint made here. Every expected text comes
+from a second code path, the helper module's sample_text (one generate, one decode), never from the app.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from itertools import pairwise
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from shakegpt.checkpoint import load_model, save_checkpoint
+from shakegpt.config import REPOSITORY_URL, GPTConfig
+from shakegpt.model import GPT
+from shakegpt.sampling import sample_text
+
+gradio_client = pytest.importorskip("gradio_client")
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+LOOPBACK = "127.0.0.1"
+START_TIMEOUT_S = 120  # importing torch and gradio takes a while on two busy cores
+
+
+def load_app_module():
+    """app.py imported from the repository root (it is a script, not part of the package)."""
+    spec = importlib.util.spec_from_file_location("shakegpt_app", ROOT / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+app = load_app_module()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+def app_env() -> dict[str, str]:
+    """The environment for an app subprocess: no checkpoint variable, no proxy for loopback, no telemetry."""
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
+    env.pop("SHAKEGPT_CKPT", None)
+    env.update(NO_PROXY=LOOPBACK, no_proxy=LOOPBACK, GRADIO_ANALYTICS_ENABLED="False")
+    return env
+
+
+def start_app(script: Path, cwd: Path, *args: str) -> tuple[subprocess.Popen, str]:
+    """Run `script` on a free loopback port and wait until its page answers; the process and the page's address.
+    Its stderr goes to cwd/stderr.txt (a file: a pipe nobody reads could fill up and stall the server)."""
+    port = free_port()
+    command = [sys.executable, str(script), "--port", str(port), "--device", "cpu", *args]
+    with (cwd / "stderr.txt").open("w") as stderr:
+        process = subprocess.Popen(command, cwd=cwd, env=app_env(), stdout=subprocess.DEVNULL, stderr=stderr)
+    url = f"http://{LOOPBACK}:{port}/"
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"app.py exited with {process.returncode}: {(cwd / 'stderr.txt').read_text()}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    return process, url
+        except OSError:
+            time.sleep(0.5)
+    process.kill()
+    pytest.fail(f"app.py did not answer on {url} within {START_TIMEOUT_S} s")
+
+
+def stop_app(process: subprocess.Popen, cwd: Path) -> str:
+    """Stop the app; what it wrote to stderr."""
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    return (cwd / "stderr.txt").read_text()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint of the tiny preset with its real GPT-2 vocabulary (random weights: only the plumbing matters)."""
+    torch.manual_seed(0)
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", GPT(GPTConfig.tiny()), step=2)
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint: Path) -> GPT:
+    """The checkpoint's model, loaded here, for the expected texts."""
+    return load_model(checkpoint)
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`python app.py --ckpt tiny.pt` on a free loopback port; its address."""
+    cwd = tmp_path_factory.mktemp("cwd")
+    process, url = start_app(ROOT / "app.py", cwd, "--ckpt", str(checkpoint))
+    try:
+        yield url
+    finally:
+        stop_app(process, cwd)
+
+
+@pytest.fixture(scope="module")
+def client(server: str):
+    return gradio_client.Client(server, verbose=False, analytics_enabled=False)
+
+
+def generate(client, prompt: str, max_new_tokens: float, temperature: float, top_k: float, seed: float | None) -> str:
+    """One request to the page's generate endpoint; the final text."""
+    return client.predict(prompt, max_new_tokens, temperature, top_k, seed, api_name="/generate")
+
+
+def test_browser_types_a_prompt_and_gets_text_that_continues_it(server: str):
+    if not CHROMIUM.is_file():
+        pytest.skip(f"Debian's Chromium is not installed at {CHROMIUM} (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    prompt = "ROMEO:\nBut soft, what light"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+        )
+        try:
+            page = browser.new_page()
+            page.goto(server)
+            assert "context 64 tokens" in page.locator("#notice").inner_text()  # the loaded model is described
+            page.locator("#prompt textarea").fill(prompt)
+            page.locator("#generate").click()
+            output = page.locator("#output textarea")
+            page.wait_for_function(
+                "([selector, n]) => document.querySelector(selector).value.length > n",
+                arg=["#output textarea", len(prompt)],
+                timeout=60_000,
+            )
+            text = output.input_value()
+        finally:
+            browser.close()
+    assert text.startswith(prompt)
+    assert len(text) > len(prompt)
+
+
+def test_concurrent_users_each_get_their_own_seeded_text(client, model: GPT):
+    prompt, seeds = "JULIET:\n", [11, 12, 13, 14]
+    alone = {seed: generate(client, prompt, 24, 1.0, 0, seed) for seed in seeds}
+    with ThreadPoolExecutor(len(seeds)) as pool:
+        texts = pool.map(lambda seed: generate(client, prompt, 24, 1.0, 0, seed), seeds)
+    together = dict(zip(seeds, texts, strict=True))
+    assert together == alone
+    assert len(set(alone.values())) == len(seeds)  # different seeds, different texts: a mix-up would show
+    for seed in seeds:
+        assert alone[seed] == sample_text(model, prompt, 24, temperature=1.0, top_k=None, seed=seed)[0]
+
+
+def test_text_streams_in_as_it_is_generated(client):
+    job = client.submit("ROMEO:", 12, 1.0, 0, 2, api_name="/generate")
+    final = job.result()
+    updates = job.outputs()
+    assert len(updates) > 1 and updates[-1] == final
+    assert all(later.startswith(earlier) for earlier, later in pairwise(updates))  # each adds to the last
+
+
+def test_empty_prompt_starts_from_end_of_text(client, model: GPT):
+    text = generate(client, "", 16, 1.0, 0, 5)
+    assert text and text == sample_text(model, "", 16, temperature=1.0, top_k=None, seed=5)[0]
+
+
+def test_long_prompt_is_cut_to_its_end(client, model: GPT):
+    prompt = "".join(f"{i}: To be, or not to be, that is the question.\n" for i in range(200))
+    assert len(prompt) > app.MAX_PROMPT_CHARS
+    kept = prompt[-app.MAX_PROMPT_CHARS :]
+    text = generate(client, prompt, 8, 1.0, 0, 7)
+    assert text.startswith(kept) and not text.startswith(prompt[: app.MAX_PROMPT_CHARS])
+    assert text == sample_text(model, kept, 8, temperature=1.0, top_k=None, seed=7)[0]
+
+
+def test_out_of_range_values_from_the_api_are_clamped(client, model: GPT):
+    low = generate(client, "KING:", -7, -3.0, -5, -9)  # 1 token, greedy, no top-k cut, seed 0
+    assert low == sample_text(model, "KING:", 1, temperature=0.0, top_k=None, seed=0)[0]
+    high = generate(client, "KING:", 12, 50.0, 10**9, 10**12)
+    expected = sample_text(model, "KING:", 12, temperature=app.TEMPERATURE_MAX, top_k=app.TOP_K_MAX, seed=app.MAX_SEED)
+    assert high == expected[0]
+
+
+def test_max_new_tokens_is_bounded(model: GPT, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(app, "MAX_NEW_TOKENS", 6)
+    texts = list(app.make_handler(model, "")("HAMLET:", 10**6, 1.0, 0, 3))
+    assert texts[-1] == sample_text(model, "HAMLET:", 6, temperature=1.0, top_k=None, seed=3)[0]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(5, 2.0), (-1, 0.0), (1.5, 1.5), ("1.25", 1.25), (float("inf"), 2.0), (float("nan"), 0.7), (None, 0.7)]
+    + [("x", 0.7)],
+)
+def test_clamp(value: object, expected: float):
+    assert app.clamp(value, 0.0, 2.0, 0.7) == expected
+
+
+def test_generation_error_is_shown_and_the_server_keeps_serving(tiny_config: GPTConfig):
+    """A 101-token vocabulary cannot read "ROMEO" (its tokens are above 100), a real failure inside generation."""
+    torch.manual_seed(0)
+    demo = app.build_app(GPT(tiny_config).eval(), "test model")
+    demo.launch(server_name=LOOPBACK, server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        local = gradio_client.Client(demo.local_url, verbose=False, analytics_enabled=False)
+        with pytest.raises(gradio_client.exceptions.AppError, match="Generation failed: index out of range"):
+            generate(local, "ROMEO", 5, 1.0, 0, 1)
+        assert generate(local, "A", 5, 1.0, 0, 1).startswith("A")  # single-byte tokens are below 101
+    finally:
+        demo.close()
+
+
+def test_checkpoint_search_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    space, trained = tmp_path / "model.pt", tmp_path / "runs" / "shakespeare" / "best.pt"
+    monkeypatch.setattr(app, "SPACE_CHECKPOINT", space)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SHAKEGPT_CKPT", raising=False)
+    assert app.find_checkpoint(None) is None
+    trained.parent.mkdir(parents=True)
+    trained.touch()
+    assert app.find_checkpoint(None).resolve() == trained
+    space.touch()
+    assert app.find_checkpoint(None) == space
+    monkeypatch.setenv("SHAKEGPT_CKPT", "from_env.pt")
+    assert app.find_checkpoint(None) == Path("from_env.pt")  # an explicit choice, even if missing: it must load
+    assert app.find_checkpoint("given.pt") == Path("given.pt")
+
+
+def test_without_a_checkpoint_the_page_says_how_to_train(tmp_path: Path):
+    script = shutil.copy(ROOT / "app.py", tmp_path / "app.py")  # no model.pt beside it, no runs/ below it
+    process, url = start_app(Path(script), tmp_path)
+    try:
+        with urllib.request.urlopen(url + "config", timeout=10) as response:
+            assert "python -m shakegpt_utils train" in response.read().decode()
+        local = gradio_client.Client(url, verbose=False, analytics_enabled=False)
+        with pytest.raises(gradio_client.exceptions.AppError, match="No checkpoint found"):
+            generate(local, "ROMEO:", 5, 1.0, 0, 1)
+    finally:
+        stderr = stop_app(process, tmp_path)
+    assert "No checkpoint found. Train one with `python -m shakegpt_utils train`" in stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "args", "code", "message"),
+    [
+        (None, [], 1, "no checkpoint at"),
+        (b"not a checkpoint", [], 1, "is not a readable checkpoint"),
+        (None, ["--device", "nonsense"], 2, "argument --device: Expected one of"),
+        (None, ["--port", "70000"], 2, "--port 70000 is not a port number"),
+    ],
+)
+def test_bad_command_lines_are_one_line_errors(tmp_path, capsys, content, args, code, message):
+    """main's return value is the exit status (`sys.exit(main())`); argparse's errors exit with 2."""
+    ckpt = tmp_path / "bad.pt"
+    if content is not None:
+        ckpt.write_bytes(content)
+    try:
+        returned = app.main(["--ckpt", str(ckpt), *args])
+    except SystemExit as exit_:
+        returned = exit_.code
+    assert returned == code
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("app.py: error:") and message in line
+
+
+def test_a_checkpoint_with_mismatched_weights_is_a_one_line_error(tmp_path, capsys, tiny_config: GPTConfig):
+    payload = torch.load(save_checkpoint(tmp_path / "ok.pt", GPT(tiny_config)), weights_only=True)
+    payload["model_config"]["n_embd"] = 64  # the weights are 32 wide
+    torch.save(payload, tmp_path / "mismatched.pt")
+    assert app.main(["--ckpt", str(tmp_path / "mismatched.pt")]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"app.py: error: {tmp_path / 'mismatched.pt'} does not hold a usable ShakeGPT model:")
+
+
+def test_a_busy_port_is_a_one_line_error(checkpoint: Path, capsys):
+    with socket.socket() as busy:
+        busy.bind((LOOPBACK, 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert app.main(["--ckpt", str(checkpoint), "--port", str(port), "--device", "cpu"]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("app.py: error: Cannot find empty port") and str(port) in line
+
+
+def test_space_metadata_and_requirements():
+    front_matter = ROOT.joinpath("space", "README.md").read_text().split("---\n")[1]
+    metadata = yaml.safe_load(front_matter)
+    assert metadata["sdk"] == "gradio" and metadata["app_file"] == "app.py"
+    assert int(str(metadata["sdk_version"]).split(".")[0]) >= 5  # the Gradio API app.py is written for
+    requirements = ROOT.joinpath("space", "requirements.txt").read_text().splitlines()
+    assert f"shakegpt @ git+{REPOSITORY_URL}@main" in requirements  # the project itself, from its repository
