@@ -515,9 +515,13 @@ def run_training(requested: TrainConfig, dist_info: Distributed, device: torch.d
             log.sample(*latest_sample)
         summary["sample"] = latest_sample[1]
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        import matplotlib.pyplot as plt  # imported here, so that a run without plots never loads matplotlib
+
         from .plots import plot_loss_curves, save_figure
 
-        save_figure(plot_loss_curves(read_metrics(log.metrics_path), cfg.target_loss), "loss", folder=out)
+        figure = plot_loss_curves(read_metrics(log.metrics_path), cfg.target_loss)
+        save_figure(figure, "loss", folder=out)
+        plt.close(figure)  # saved to disk; a notebook calling train() should not show it a second time
     log.close()
     return summary
 
