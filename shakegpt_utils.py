@@ -83,6 +83,16 @@ __all__ = [
 ]
 from shakegpt.plots import plot_loss_curves, plot_lr_schedule, save_figure
 from shakegpt.train import TrainConfig, evaluate, read_metrics, train, train_step
+from shakegpt.bench import (
+    BenchSettings,
+    Ladder,
+    bench_generate,
+    bench_ladder,
+    bench_peer,
+    ladder_rungs,
+    plot_ladder,
+    save_bench,
+)
 from shakegpt.cli import main
 
 __all__ += [
@@ -94,6 +104,14 @@ __all__ += [
     "read_metrics",
     "train",
     "train_step",
+    "BenchSettings",
+    "Ladder",
+    "bench_generate",
+    "bench_ladder",
+    "bench_peer",
+    "ladder_rungs",
+    "plot_ladder",
+    "save_bench",
     "main",
 ]
 

@@ -113,49 +113,99 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+# Reusable chunk buffers on the CPU (see scratch_buffer); keyed by name and dtype.
+_CPU_SCRATCH: dict[tuple[str, torch.dtype], torch.Tensor] = {}
+
+
+def scratch_buffer(name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """An uninitialised buffer for temporary values. On the CPU a large tensor goes back to the operating system
+    when freed and comes back as fresh zero-filled pages, which costs as much as the arithmetic on it, so the
+    buffer is kept for the next call (one per name; not for use from several threads at once). GPU allocators
+    already cache memory, so there it is a plain allocation."""
+    if device.type != "cpu":
+        return torch.empty(shape, dtype=dtype, device=device)
+    n = math.prod(shape)
+    buffer = _CPU_SCRATCH.get((name, dtype))
+    if buffer is None or buffer.numel() < n:
+        buffer = _CPU_SCRATCH[(name, dtype)] = torch.empty(n, dtype=dtype)
+    return buffer[:n].view(shape)
+
+
 class ChunkedLinearCrossEntropy(torch.autograd.Function):
     """Mean cross-entropy of (h @ W^T) against targets, computed a chunk of rows at a time.
 
-    The full (tokens x vocab) logits never exist: each chunk's logits are turned into the loss and, when a gradient
-    is needed, straight into the gradients of h and W, so the backward pass is two stored tensors and a scale.
-    Vocabulary rows at or above `n_valid` (padding) are masked out. Targets of -1 are ignored.
+    The full (tokens x vocab) logits never exist: each chunk's logits are turned, in one reused buffer and in place,
+    into log-probabilities (the loss) and, when a gradient is needed, into softmax - one_hot and straight into the
+    gradients of h and W, so the backward pass is two stored tensors and a scale. The per-row weight 1/n_targets is
+    applied to the narrow h and grad_h, never to the wide chunk. Vocabulary rows at or above `n_valid` (padding)
+    are masked out. Targets of -1 are ignored.
     """
 
     @staticmethod
     def forward(ctx, h, weight, targets, n_valid: int, chunk_rows: int, compute_dtype: torch.dtype):
         needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        n_rows, device = h.size(0), h.device
         hc, wc = h.to(compute_dtype), weight.to(compute_dtype)
         keep = targets != -1
-        n_targets = keep.sum().clamp(min=1)
-        loss = torch.zeros((), device=h.device, dtype=torch.float32)
+        row_weight = keep / keep.sum().clamp(min=1)  # each kept row's share of the mean; 0 for ignored rows
+        safe_targets = targets.clamp(min=0)
+        row_loss = torch.empty(n_rows, device=device, dtype=torch.float32)
         grad_h = torch.empty_like(h) if needs_grad else None
-        grad_w = torch.zeros(weight.shape, device=h.device, dtype=torch.float32) if needs_grad else None
-        for start in range(0, h.size(0), chunk_rows):
-            rows = slice(start, start + chunk_rows)
-            logits = (hc[rows] @ wc.T).float()
-            if n_valid < logits.size(1):
-                logits[:, n_valid:] = float("-inf")
-            lse = torch.logsumexp(logits, dim=1)
-            t, k = targets[rows], keep[rows]
-            t_safe = t.clamp(min=0)
-            picked = logits.gather(1, t_safe[:, None]).squeeze(1)
-            loss += ((lse - picked) * k).sum()
+        grad_w = torch.empty(weight.shape, device=device, dtype=torch.float32) if needs_grad else None
+        chunk_rows = max(1, min(chunk_rows, n_rows))
+        logits_buffer = scratch_buffer("logits", (chunk_rows, weight.size(0)), torch.float32, device)
+        low_buffer = None
+        if compute_dtype != torch.float32:
+            low_buffer = scratch_buffer("logits_low", (chunk_rows, weight.size(0)), compute_dtype, device)
+        for first in range(0, n_rows, chunk_rows):
+            rows = slice(first, first + chunk_rows)
+            t = safe_targets[rows]
+            low = low_buffer[: t.size(0)] if low_buffer is not None else None
+            log_probs = chunk_log_probs(hc[rows], wc, n_valid, logits_buffer[: t.size(0)], low)
+            row_loss[rows] = log_probs.gather(1, t[:, None]).squeeze(1).neg_()
             if needs_grad:
-                # d loss / d logits = softmax - one_hot(target), divided by the number of targets.
-                probs = logits.sub_(lse[:, None]).exp_()
-                probs[torch.arange(probs.size(0), device=h.device), t_safe] -= 1.0
-                probs.mul_((k / n_targets)[:, None])
-                probs_c = probs.to(compute_dtype)
-                grad_h[rows] = probs_c @ wc
-                grad_w += probs_c.T @ hc[rows]
+                # d loss / d logits = (softmax - one_hot(target)) * row weight.
+                probs = log_probs.exp_()
+                probs[torch.arange(t.size(0), device=device), t] -= 1.0
+                if low is not None:
+                    probs = low.copy_(probs)
+                w_rows = row_weight[rows, None]
+                grad_h[rows] = (probs @ wc) * w_rows
+                accumulate_grad_w(grad_w, probs, (h[rows] * w_rows).to(compute_dtype), first == 0)
         if needs_grad:
             ctx.save_for_backward(grad_h, grad_w.to(weight.dtype))
-        return loss / n_targets
+        return (row_loss * row_weight).sum()
 
     @staticmethod
     def backward(ctx, grad_loss):
         grad_h, grad_w = ctx.saved_tensors
         return grad_h * grad_loss, grad_w * grad_loss, None, None, None, None
+
+
+def chunk_log_probs(
+    h: torch.Tensor, w: torch.Tensor, n_valid: int, out: torch.Tensor, low: torch.Tensor | None
+) -> torch.Tensor:
+    """log_softmax(h @ w^T) over the first n_valid columns, written into the float32 `out` (padding columns end
+    as -inf); with `low` given, the product runs in its (half) dtype and is widened into `out`."""
+    if low is None:
+        torch.mm(h, w.T, out=out)
+    else:
+        out.copy_(torch.mm(h, w.T, out=low))
+    if n_valid < out.size(1):
+        out[:, n_valid:] = float("-inf")
+    return torch.log_softmax(out, dim=1, out=out)
+
+
+def accumulate_grad_w(grad_w: torch.Tensor, probs: torch.Tensor, h_weighted: torch.Tensor, first: bool) -> None:
+    """grad_w (float32) = or += probs^T @ h_weighted; a half-precision product is summed in float32."""
+    if probs.dtype == torch.float32:
+        grad_w.addmm_(probs.T, h_weighted, beta=0.0 if first else 1.0)
+        return
+    product = torch.mm(probs.T, h_weighted, out=scratch_buffer("grad_w_low", grad_w.shape, probs.dtype, probs.device))
+    if first:
+        grad_w.copy_(product)
+    else:
+        grad_w.add_(product)
 
 
 class GPT(nn.Module):
@@ -227,8 +277,11 @@ class GPT(nn.Module):
             return logits, None
         return logits, F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)
 
-    def chunked_loss(self, x: torch.Tensor, targets: torch.Tensor, chunk_rows: int = 512) -> torch.Tensor:
-        """Cross-entropy of the output layer without materialising (B*T, vocab) logits; follows autocast."""
+    @torch.compiler.disable
+    def chunked_loss(self, x: torch.Tensor, targets: torch.Tensor, chunk_rows: int = 1024) -> torch.Tensor:
+        """Cross-entropy of the output layer without materialising (B*T, vocab) logits; follows autocast. Runs
+        eagerly under torch.compile (the rest of the model is compiled): it is a few large matrix products, and
+        its reused buffers and hand-written backward are not something the compiler can trace."""
         device_type = x.device.type
         dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
         with torch.autocast(device_type, enabled=False):

@@ -48,9 +48,13 @@ def generate_stream(
     generator = torch.Generator(idx.device).manual_seed(seed) if seed is not None else None
     was_training = model.training
     model.eval()
+    # Every token lands in one preallocated row; the context is a view of its last block_size tokens (no copies).
+    tokens = idx.new_empty(idx.size(0), idx.size(1) + max_new_tokens)
+    tokens[:, : idx.size(1)] = idx
+    end, cache = idx.size(1), None
     try:
-        context, cache = idx[:, -block_size:], None
         for _ in range(max_new_tokens):
+            context = tokens[:, max(0, end - block_size) : end]
             if not use_cache:
                 logits, _ = model(context)
             elif cache is None or cache.length >= block_size:
@@ -59,7 +63,8 @@ def generate_stream(
             else:
                 logits, _ = model(context[:, -1:], cache=cache)
             next_token = pick_next_token(logits[:, -1, :], temperature, top_k, generator)
-            context = torch.cat([context[:, -(block_size - 1) :], next_token], dim=1)
+            tokens[:, end] = next_token[:, 0]
+            end += 1
             yield next_token
     finally:
         model.train(was_training)
