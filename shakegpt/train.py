@@ -133,7 +133,7 @@ GPU_DEFAULTS = dict(
     ckpt_interval=250,
 )
 CPU_DEFAULTS = dict(
-    max_steps=600, lr=1e-3, warmup_steps=30, eval_interval=50, sample_interval=200, log_interval=10, ckpt_interval=100
+    max_steps=400, lr=1e-3, warmup_steps=30, eval_interval=50, sample_interval=200, log_interval=10, ckpt_interval=100
 )
 
 
