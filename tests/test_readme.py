@@ -36,3 +36,10 @@ def test_readme_lists_every_notebook():
     assert notebooks, "no notebooks found"
     for name in notebooks:
         assert f"(notebooks/{name})" in readme
+
+
+def test_readme_shows_the_space_files_as_they_are():
+    readme = ROOT.joinpath("README.md").read_text()
+    front_matter = ROOT.joinpath("space/README.md").read_text().split("---\n")[1]
+    assert f"```yaml\n---\n{front_matter}---\n```" in readme
+    assert f"```text\n{ROOT.joinpath('space/requirements.txt').read_text()}```" in readme
