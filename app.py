@@ -23,6 +23,7 @@ from shakegpt_utils import (
     GPT,
     ShakeGPTError,
     encode_prompt,
+    first_line,
     generate_stream,
     get_device,
     get_tokenizer,
@@ -58,12 +59,6 @@ def clamp(value: object, low: float, high: float, default: float) -> float:
     return default if math.isnan(number) else min(max(number, low), high)
 
 
-def first_line(error: BaseException) -> str:
-    """The first line of an error's message (or its type's name), for one-line reports."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def find_checkpoint(ckpt: str | None) -> Path | None:
     """--ckpt, else $SHAKEGPT_CKPT (either one must then exist), else the first of model.pt beside app.py and
     runs/shakespeare/best.pt that exists, else None."""
@@ -76,10 +71,7 @@ def find_checkpoint(ckpt: str | None) -> Path | None:
 def load_for_app(path: Path, device: torch.device) -> tuple[GPT, str]:
     """The model in `path` on `device`, and one line describing it; ShakeGPTError if the file is unusable."""
     checkpoint = load_checkpoint(path)
-    try:
-        model = model_from_checkpoint(checkpoint, device)
-    except (KeyError, RuntimeError, TypeError, ValueError) as error:
-        raise ShakeGPTError(f"{path} does not hold a usable ShakeGPT model: {first_line(error)}") from error
+    model = model_from_checkpoint(checkpoint, device, source=path)
     c = model.config
     return model, (
         f"Model: {path.name}, step {checkpoint.get('step', '?')}, {model.num_params() / 1e6:.1f}M parameters "

@@ -15,6 +15,7 @@ from shakegpt.config import (
     GPTConfig,
     ShakeGPTError,
     colab_badge,
+    first_line,
 )
 from shakegpt.model import GPT, MLP, Block, CausalSelfAttention, KVCache, causal_mask, clean_state_dict, export_hf
 from shakegpt.tokenizer import END_OF_TEXT, get_tokenizer
@@ -44,6 +45,7 @@ __all__ = [
     "SMOKE",
     "GPTConfig",
     "ShakeGPTError",
+    "first_line",
     "GPT",
     "MLP",
     "Block",

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .config import GPT2_VOCAB_SIZE, PADDED_VOCAB_SIZE, GPTConfig, ShakeGPTError
+from .config import GPT2_VOCAB_SIZE, PADDED_VOCAB_SIZE, GPTConfig, ShakeGPTError, first_line
 from .data import TokenBatches
 from .hardware import (
     DTYPES,
@@ -203,7 +203,7 @@ def fused_adamw_problem(device: torch.device) -> str | None:
         weight.grad = torch.ones_like(weight)
         torch.optim.AdamW([weight], fused=True).step()
     except (RuntimeError, ValueError) as error:
-        return f"torch {torch.__version__} has no fused AdamW for {device.type}: {str(error).splitlines()[0]}"
+        return f"torch {torch.__version__} has no fused AdamW for {device.type}: {first_line(error)}"
     return None
 
 
@@ -340,7 +340,7 @@ class Ladder:
         except Exception as error:  # noqa: BLE001  (the compiler raises many types; any of them skips the rung)
             if not features["compile"]:
                 raise
-            return f"torch.compile failed here: {type(error).__name__}: {str(error).strip().splitlines()[0]}"
+            return f"torch.compile failed here: {type(error).__name__}: {first_line(error)}"
         return None
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .config import GPTConfig, ShakeGPTError
+from .config import GPTConfig, ShakeGPTError, first_line
 from .data import write_atomically
 from .model import GPT, clean_state_dict
 
@@ -76,21 +76,28 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch.load fails in many ways on a foreign file: KeyError, IndexError, EOFError...
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ShakeGPTError(f"{path} is not a readable checkpoint (truncated or not a checkpoint): {reason}") from error
+        raise ShakeGPTError(
+            f"{path} is not a readable checkpoint (truncated or not a checkpoint): {first_line(error)}"
+        ) from error
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ShakeGPTError(f"{path} is a PyTorch file but not a ShakeGPT checkpoint.")
     payload["model"] = clean_state_dict(payload["model"])
     return payload
 
 
-def model_from_checkpoint(checkpoint: dict, device: str | torch.device = "cpu") -> GPT:
-    """A GPT with the checkpoint's config and weights, on `device`, in eval mode."""
-    model = GPT(GPTConfig.from_dict(checkpoint["model_config"]))
-    model.load_state_dict(checkpoint["model"])
+def model_from_checkpoint(checkpoint: dict, device: str | torch.device = "cpu", source: str | Path = "") -> GPT:
+    """A GPT with the checkpoint's config and weights, on `device`, in eval mode; ShakeGPTError (naming `source`,
+    the file it came from) when the config or the weights do not make a model."""
+    try:
+        model = GPT(GPTConfig.from_dict(checkpoint["model_config"]))
+        model.load_state_dict(checkpoint["model"])
+    except (KeyError, RuntimeError, TypeError, ValueError) as error:
+        raise ShakeGPTError(
+            f"{source or 'the checkpoint'} does not hold a usable ShakeGPT model: {first_line(error)}"
+        ) from error
     return model.to(device).eval()
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> GPT:
     """Load a trained model from a checkpoint file, ready for sampling."""
-    return model_from_checkpoint(load_checkpoint(path), device)
+    return model_from_checkpoint(load_checkpoint(path), device, source=path)

@@ -32,6 +32,12 @@ class ShakeGPTError(Exception):
     """A user-facing failure: the message says what went wrong and what to do about it."""
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (its type's name when the message is empty), for one-line reports."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 @dataclass
 class GPTConfig:
     """The shape of a GPT-2 model; the defaults are the 124M model OpenAI released."""

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import GPT2_VOCAB_SIZE, GPTConfig, ShakeGPTError
+from .config import GPT2_VOCAB_SIZE, GPTConfig, ShakeGPTError, first_line
 
 
 def causal_mask(n_queries: int, n_keys: int, device: torch.device | None = None) -> torch.Tensor:
@@ -347,7 +347,7 @@ class GPT(nn.Module):
         except OSError as error:
             raise ShakeGPTError(
                 f"could not load pretrained {name!r} from the Hugging Face Hub (offline, or no such model): "
-                f"{str(error).splitlines()[0]}"
+                f"{first_line(error)}"
             ) from error
         return cls.from_hf(hf, **overrides)
 

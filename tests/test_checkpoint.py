@@ -164,6 +164,18 @@ def test_a_missing_file_says_how_to_make_one(tmp_path):
         load_checkpoint(tmp_path / "missing.pt")
 
 
+def test_weights_that_do_not_fit_their_config_are_refused_clearly(tmp_path, tiny_config):
+    path = save_checkpoint(tmp_path / "mismatched.pt", GPT(tiny_config), step=3)
+    checkpoint = load_checkpoint(path)
+    checkpoint["model_config"]["n_embd"] *= 2
+    torch.save(checkpoint, path)
+    with pytest.raises(ShakeGPTError, match=r"mismatched\.pt does not hold a usable ShakeGPT model: .*state_dict"):
+        load_model(path)
+    del checkpoint["model_config"]
+    with pytest.raises(ShakeGPTError, match=r"^the checkpoint does not hold a usable ShakeGPT model: 'model_config'"):
+        model_from_checkpoint(checkpoint)
+
+
 class TouchOnLoad:
     """Unpickling this runs code: it creates a file. A weights_only load must refuse it instead."""
 
