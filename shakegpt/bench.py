@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import platform
 import shutil
 import statistics
 import time
@@ -35,6 +34,7 @@ from .hardware import (
     peak_flops,
     set_seed,
     synchronize,
+    versions,
 )
 from .model import GPT
 from .optim import configure_optimizer, estimate_mfu
@@ -122,18 +122,6 @@ def peak_memory_mb(device: torch.device) -> float | None:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return None
-
-
-def versions() -> dict[str, str]:
-    """Versions of what the numbers depend on."""
-    found = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()}
-    try:
-        import transformers
-
-        found["transformers"] = transformers.__version__
-    except ImportError:
-        pass
-    return found
 
 
 def header(kind: str, device: torch.device, settings: dict) -> dict:

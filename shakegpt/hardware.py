@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
+import os
+import platform
 import random
 import sys
 from dataclasses import dataclass, field
@@ -145,8 +148,6 @@ def processor_name() -> str:
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    import platform
-
     return platform.processor() or platform.machine()
 
 
@@ -159,7 +160,13 @@ def describe_device(device: torch.device | str | None = None) -> str:
     elif device.type == "mps":
         name = f"Apple MPS ({processor_name()})"
     else:
-        import os
-
         name = f"{processor_name()}, {os.cpu_count()} cores"
     return f"{device.type}: {name}; torch {torch.__version__}; autocast {auto_dtype(device)}"
+
+
+def versions() -> dict[str, str]:
+    """The versions a measurement depends on (transformers too where installed, read without importing it)."""
+    found = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()}
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        found["transformers"] = importlib.metadata.version("transformers")
+    return found

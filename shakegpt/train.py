@@ -7,7 +7,6 @@ import contextlib
 import json
 import math
 import os
-import platform
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -30,6 +29,7 @@ from .hardware import (
     peak_flops,
     set_seed,
     synchronize,
+    versions,
 )
 from .model import GPT
 from .optim import configure_optimizer, estimate_mfu, get_lr
@@ -306,10 +306,6 @@ def keep_metrics_until(path: Path, step: int) -> None:
 def read_metrics(path: str | Path) -> list[dict]:
     """The rows of a run's metrics.jsonl."""
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-
-
-def versions() -> dict[str, str]:
-    return {"python": platform.python_version(), "torch": torch.__version__}
 
 
 # ---- the run -----------------------------------------------------------------------------------------------------
