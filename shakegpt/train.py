@@ -12,6 +12,7 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -33,6 +34,7 @@ from .hardware import (
 )
 from .model import GPT
 from .optim import configure_optimizer, estimate_mfu, get_lr
+from .plots import plot_loss_curves, save_figure
 from .sampling import sample_text
 
 
@@ -511,10 +513,6 @@ def run_training(requested: TrainConfig, dist_info: Distributed, device: torch.d
             log.sample(*latest_sample)
         summary["sample"] = latest_sample[1]
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        import matplotlib.pyplot as plt  # imported here, so that a run without plots never loads matplotlib
-
-        from .plots import plot_loss_curves, save_figure
-
         figure = plot_loss_curves(read_metrics(log.metrics_path), cfg.target_loss)
         save_figure(figure, "loss", folder=out)
         plt.close(figure)  # saved to disk; a notebook calling train() should not show it a second time
