@@ -85,7 +85,7 @@ def stream_text(
     """The prompt and the text generated so far, after each token. The model reads the prompt's last block_size
     tokens; bytes of a character split across tokens wait for the rest, as in one decode of all the tokens."""
     tokenizer = get_tokenizer()
-    idx = encode_prompt(prompt, next(model.parameters()).device)[:, -model.config.block_size :]
+    idx = encode_prompt(prompt, next(model.parameters()).device)  # generate_stream reads its last block_size
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     text = prompt
     tokens = generate_stream(model, idx, max_new_tokens, temperature=temperature, top_k=top_k, seed=seed)
