@@ -19,7 +19,15 @@ from shakegpt.config import (
 )
 from shakegpt.model import GPT, MLP, Block, CausalSelfAttention, KVCache, causal_mask, clean_state_dict, export_hf
 from shakegpt.tokenizer import END_OF_TEXT, get_tokenizer
-from shakegpt.data import CORPORA, TokenBatches, load_corpus, load_tokens, split_tokens, strip_gutenberg
+from shakegpt.data import (
+    CORPORA,
+    TokenBatches,
+    evaluation_windows,
+    load_corpus,
+    load_tokens,
+    split_tokens,
+    strip_gutenberg,
+)
 from shakegpt.hardware import (
     Precision,
     describe_device,
@@ -58,6 +66,7 @@ __all__ = [
     "get_tokenizer",
     "CORPORA",
     "TokenBatches",
+    "evaluation_windows",
     "load_corpus",
     "load_tokens",
     "split_tokens",

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from .config import GPTConfig, ShakeGPTError, first_line
-from .data import write_atomically
+from .data import TokenBatches, write_atomically
 from .model import GPT, clean_state_dict
 
 CHECKPOINT_FORMAT = "shakegpt-checkpoint-1"
@@ -23,18 +23,21 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 
 def capture_rng() -> dict:
-    """Python's and PyTorch's random states (CUDA's too when present): dropout and sampling continue unchanged."""
-    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    """Python's and PyTorch's random states, and the current CUDA device's where CUDA is in use: dropout and
+    sampling continue unchanged after a resume. Torch's states are stored as bytes, not tensors, so that loading a
+    checkpoint with map_location="cuda" cannot move them off the CPU, where torch.set_rng_state wants them."""
+    state = {"python": random.getstate(), "torch": bytes(torch.get_rng_state().numpy())}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = bytes(torch.cuda.get_rng_state().numpy())
     return state
 
 
 def restore_rng(state: dict) -> None:
+    """Put back the states `capture_rng` saved (CUDA's into the current CUDA device)."""
     random.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(torch.frombuffer(bytearray(state["torch"]), dtype=torch.uint8))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(torch.frombuffer(bytearray(state["cuda"]), dtype=torch.uint8))
 
 
 def save_checkpoint(
@@ -83,6 +86,23 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise ShakeGPTError(f"{path} is a PyTorch file but not a ShakeGPT checkpoint.")
     payload["model"] = clean_state_dict(payload["model"])
     return payload
+
+
+def resume_training(
+    checkpoint: dict,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: TokenBatches,
+    scaler: torch.amp.GradScaler | None = None,
+) -> None:
+    """Put a run back where `checkpoint` left it: weights, optimizer moments, data position, the fp16 loss scale
+    and the random states, so that it continues exactly as if it had never stopped."""
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    batches.load_state_dict(checkpoint["data"])
+    if scaler is not None and checkpoint["extra"].get("scaler"):
+        scaler.load_state_dict(checkpoint["extra"]["scaler"])
+    restore_rng(checkpoint["rng"])
 
 
 def model_from_checkpoint(checkpoint: dict, device: str | torch.device = "cpu", source: str | Path = "") -> GPT:

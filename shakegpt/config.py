@@ -32,6 +32,23 @@ class ShakeGPTError(Exception):
     """A user-facing failure: the message says what went wrong and what to do about it."""
 
 
+def setting(name: str) -> str:
+    """A setting as a learner passes it in Python and as the flag on the command line: `batch_size / --batch-size`."""
+    return f"{name} / --{name.replace('_', '-')}"
+
+
+def check_at_least(name: str, value: int | float, minimum: int | float) -> None:
+    """Refuse a setting below `minimum`, naming it both ways."""
+    if value < minimum:
+        raise ShakeGPTError(f"{setting(name)} must be at least {minimum}, not {value}.")
+
+
+def check_choice(name: str, value: str, choices) -> None:
+    """Refuse a setting that is not one of `choices` (anything iterable over names), listing them."""
+    if value not in choices:
+        raise ShakeGPTError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}.")
+
+
 def first_line(error: BaseException) -> str:
     """The first line of an error's message (its type's name when the message is empty), for one-line reports."""
     text = str(error).strip()
@@ -77,8 +94,7 @@ class GPTConfig:
     @classmethod
     def preset(cls, name: str, **overrides) -> GPTConfig:
         """The preset called `name` ('gpt2', 'small' or 'tiny') with some fields overridden."""
-        if name not in PRESETS:
-            raise ShakeGPTError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}.")
+        check_choice("preset", name, PRESETS)
         return getattr(cls, name)(**overrides)
 
     def to_dict(self) -> dict:

@@ -17,7 +17,7 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
-from .config import PROJECT_ROOT, ShakeGPTError
+from .config import PROJECT_ROOT, ShakeGPTError, check_choice
 from .tokenizer import get_tokenizer
 
 
@@ -76,8 +76,7 @@ CORPORA: dict[str, Corpus] = {
 
 
 def get_corpus(name: str) -> Corpus:
-    if name not in CORPORA:
-        raise ShakeGPTError(f"unknown corpus {name!r}; choose one of {', '.join(CORPORA)}.")
+    check_choice("corpus", name, CORPORA)
     return CORPORA[name]
 
 
@@ -189,10 +188,12 @@ class TokenBatches:
         self.rank, self.world_size = rank, world_size
         self.shuffle, self.seed = shuffle, seed
         self.epoch, self.position = 0, 0
-        if self.windows_per_epoch(offset=seq_len - 1) < batch_size * world_size:
+        windows = self.windows_per_epoch(offset=seq_len - 1)
+        if windows < batch_size * world_size:
+            fits = f"--batch-size {windows // world_size} at most" if windows >= world_size else "a smaller --seq-len"
             raise ShakeGPTError(
-                f"{len(tokens)} tokens are too few for a batch of {batch_size} x {world_size} process(es) "
-                f"of {seq_len} tokens; use a smaller --batch-size or --seq-len."
+                f"{len(tokens):,} tokens hold {windows} windows of {seq_len} tokens, fewer than the {batch_size} x "
+                f"{world_size} process(es) sequences of one step (batch_size / --batch-size); use {fits}."
             )
         self._start_epoch()
 
@@ -230,3 +231,23 @@ class TokenBatches:
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
         self._start_epoch()
+
+
+def evaluation_windows(
+    tokens: np.ndarray,
+    batch_size: int,
+    seq_len: int,
+    n_windows: int | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(x, y) batches over the first `n_windows` non-overlapping windows of `tokens` (all of them when None or more
+    than there are), the same ones every time. Process `rank` of `world_size` takes every world_size-th window, so
+    any batch size and process count work: the last batch may be smaller, and a process may get no window at all."""
+    available = (len(tokens) - 1) // seq_len
+    mine = range(rank, min(available, n_windows or available), world_size)
+    for first in range(0, len(mine), batch_size):
+        starts = mine[first : first + batch_size]
+        window = np.stack([tokens[i * seq_len : (i + 1) * seq_len + 1] for i in starts])
+        window = torch.from_numpy(window.astype(np.int64))
+        yield window[:, :-1], window[:, 1:]

@@ -7,6 +7,7 @@ import importlib.metadata
 import os
 import platform
 import random
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,9 +93,11 @@ def get_precision(device: torch.device | str, dtype: str = "auto") -> Precision:
     name = auto_dtype(device) if dtype == "auto" else dtype
     if name not in DTYPES:
         raise ShakeGPTError(f"unknown dtype {dtype!r}; choose auto, bf16, fp16 or fp32.")
-    if name == "fp16" and device.type != "cuda":
-        raise ShakeGPTError("fp16 autocast with loss scaling needs a CUDA GPU; use bf16 or fp32 here.")
-    scaler = torch.amp.GradScaler("cuda") if name == "fp16" else None
+    if name == "fp16" and device.type not in ("cuda", "cpu"):
+        raise ShakeGPTError(f"fp16 with loss scaling runs on CUDA GPUs and CPUs, not {device.type}; use bf16 or fp32.")
+    # fp16 has 5 exponent bits: small gradients underflow to zero unless the loss is scaled up before backward.
+    # On a CPU fp16 is slow (no native fp16 products) but exact enough to test the T4's code path anywhere.
+    scaler = torch.amp.GradScaler(device.type) if name == "fp16" else None
     return Precision(device.type, DTYPES[name], scaler)
 
 
@@ -112,32 +115,41 @@ def synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-# Dense (no sparsity) peak FLOP/s of well-known accelerators, for model FLOPs utilisation.
-PEAK_FLOPS = {
-    ("H200", "bf16"): 989e12,
-    ("H100", "bf16"): 989e12,
-    ("H100", "tf32"): 494e12,
-    ("A100", "bf16"): 312e12,
-    ("A100", "tf32"): 156e12,
-    ("L4", "bf16"): 121e12,
-    ("A10G", "bf16"): 70e12,
-    ("T4", "fp16"): 65e12,
-    ("V100", "fp16"): 125e12,
-}
+# Dense (no sparsity) peak FLOP/s of well-known NVIDIA GPUs from their datasheets, for model FLOPs utilisation.
+# Each name pattern must tell a model from its neighbours: an L40S is not an L4, and an H100 PCIe (or NVL) is slower
+# than the SXM part, which CUDA names "H100 80GB HBM3". The first pattern that matches decides.
+PEAK_FLOPS: list[tuple[str, dict[str, float]]] = [
+    (r"\bH200 NVL\b", {"bf16": 836e12, "fp16": 836e12, "tf32": 418e12}),
+    (r"\bH200\b", {"bf16": 989e12, "fp16": 989e12, "tf32": 494e12}),
+    (r"\bH100 NVL\b", {"bf16": 835e12, "fp16": 835e12, "tf32": 418e12}),
+    (r"\bH100 PCIe\b", {"bf16": 756e12, "fp16": 756e12, "tf32": 378e12}),
+    (r"\bH100\b", {"bf16": 989e12, "fp16": 989e12, "tf32": 494e12}),
+    (r"\bA100\b", {"bf16": 312e12, "fp16": 312e12, "tf32": 156e12}),
+    (r"\bL40S\b", {"bf16": 362e12, "fp16": 362e12, "tf32": 183e12}),
+    (r"\bL4\b", {"bf16": 121e12, "fp16": 121e12, "tf32": 60e12}),
+    (r"\bA10G\b", {"bf16": 70e12, "fp16": 70e12, "tf32": 35e12}),
+    (r"\bT4\b", {"fp16": 65e12}),
+    (r"\bV100\b", {"fp16": 125e12}),
+]
+
+
+def peak_flops_of(gpu_name: str, number_format: str) -> float | None:
+    """The datasheet's dense peak FLOP/s of the GPU called `gpu_name` in `number_format` (bf16, fp16, tf32 or
+    fp32), or None when the table does not know that GPU or format."""
+    for pattern, peaks in PEAK_FLOPS:
+        if re.search(pattern, gpu_name):
+            return peaks.get(number_format)
+    return None
 
 
 def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
     """The device's peak FLOP/s at `dtype` where known (a few NVIDIA GPUs), else None: MFU is then not reported."""
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    kind = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype)
-    if kind is None:
-        kind = "tf32" if torch.backends.cuda.matmul.allow_tf32 else "fp32"
-    for (gpu, precision), flops in PEAK_FLOPS.items():
-        if gpu in name and precision == kind:
-            return flops
-    return None
+    number_format = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype)
+    if number_format is None:
+        number_format = "tf32" if torch.backends.cuda.matmul.allow_tf32 else "fp32"
+    return peak_flops_of(torch.cuda.get_device_name(device), number_format)
 
 
 def processor_name() -> str:

@@ -136,22 +136,25 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
 
     The full (tokens x vocab) logits never exist: each chunk's logits are turned, in one reused buffer and in place,
     into log-probabilities (the loss) and, when a gradient is needed, into softmax - one_hot and straight into the
-    gradients of h and W, so the backward pass is two stored tensors and a scale. The per-row weight 1/n_targets is
-    applied to the narrow h and grad_h, never to the wide chunk. Vocabulary rows at or above `n_valid` (padding)
-    are masked out. Targets of -1 are ignored.
+    gradients of h and W, so the backward pass is two stored tensors and a scale. The products only ever see values
+    of normal size; the mean's 1/n_targets is applied at the end, in float32, to the narrow results (under fp16 a
+    weight of 1/16,384 before the product would push many gradient entries below fp16's range). Vocabulary rows at
+    or above `n_valid` (padding) are masked out. Targets of -1 are ignored.
     """
 
     @staticmethod
-    def forward(ctx, h, weight, targets, n_valid: int, chunk_rows: int, compute_dtype: torch.dtype):
-        needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+    def forward(ctx, h, weight, targets, n_valid: int, chunk_rows: int, compute_dtype: torch.dtype, needs_grad: bool):
         n_rows, device = h.size(0), h.device
         hc, wc = h.to(compute_dtype), weight.to(compute_dtype)
         keep = targets != -1
-        row_weight = keep / keep.sum().clamp(min=1)  # each kept row's share of the mean; 0 for ignored rows
+        n_kept = keep.sum().clamp(min=1)
+        row_weight = keep / n_kept  # each kept row's share of the mean; 0 for ignored rows
         safe_targets = targets.clamp(min=0)
         row_loss = torch.empty(n_rows, device=device, dtype=torch.float32)
-        grad_h = torch.empty_like(h) if needs_grad else None
-        grad_w = torch.empty(weight.shape, device=device, dtype=torch.float32) if needs_grad else None
+        if needs_grad:
+            grad_h = torch.empty(h.shape, device=device, dtype=torch.float32)
+            grad_w = torch.empty(weight.shape, device=device, dtype=torch.float32)
+            h_kept = hc * keep[:, None].to(compute_dtype)  # ignored rows add nothing to the weight's gradient
         chunk_rows = max(1, min(chunk_rows, n_rows))
         logits_buffer = scratch_buffer("logits", (chunk_rows, weight.size(0)), torch.float32, device)
         low_buffer = None
@@ -164,22 +167,23 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
             log_probs = chunk_log_probs(hc[rows], wc, n_valid, logits_buffer[: t.size(0)], low)
             row_loss[rows] = log_probs.gather(1, t[:, None]).squeeze(1).neg_()
             if needs_grad:
-                # d loss / d logits = (softmax - one_hot(target)) * row weight.
+                # d loss / d logits = (softmax - one_hot(target)) * row weight; the weight comes after the loop.
                 probs = log_probs.exp_()
                 probs[torch.arange(t.size(0), device=device), t] -= 1.0
                 if low is not None:
                     probs = low.copy_(probs)
-                w_rows = row_weight[rows, None]
-                grad_h[rows] = (probs @ wc) * w_rows
-                accumulate_grad_w(grad_w, probs, (h[rows] * w_rows).to(compute_dtype), first == 0)
+                grad_h[rows] = probs @ wc
+                accumulate_grad_w(grad_w, probs, h_kept[rows], first == 0)
         if needs_grad:
-            ctx.save_for_backward(grad_h, grad_w.to(weight.dtype))
+            grad_h.mul_(row_weight[:, None])
+            grad_w.div_(n_kept)
+            ctx.save_for_backward(grad_h.to(h.dtype), grad_w.to(weight.dtype))
         return (row_loss * row_weight).sum()
 
     @staticmethod
     def backward(ctx, grad_loss):
         grad_h, grad_w = ctx.saved_tensors
-        return grad_h * grad_loss, grad_w * grad_loss, None, None, None, None
+        return grad_h * grad_loss, grad_w * grad_loss, None, None, None, None, None
 
 
 def chunk_log_probs(
@@ -196,12 +200,12 @@ def chunk_log_probs(
     return torch.log_softmax(out, dim=1, out=out)
 
 
-def accumulate_grad_w(grad_w: torch.Tensor, probs: torch.Tensor, h_weighted: torch.Tensor, first: bool) -> None:
-    """grad_w (float32) = or += probs^T @ h_weighted; a half-precision product is summed in float32."""
+def accumulate_grad_w(grad_w: torch.Tensor, probs: torch.Tensor, h: torch.Tensor, first: bool) -> None:
+    """grad_w (float32) = or += probs^T @ h; a half-precision product is summed in float32."""
     if probs.dtype == torch.float32:
-        grad_w.addmm_(probs.T, h_weighted, beta=0.0 if first else 1.0)
+        grad_w.addmm_(probs.T, h, beta=0.0 if first else 1.0)
         return
-    product = torch.mm(probs.T, h_weighted, out=scratch_buffer("grad_w_low", grad_w.shape, probs.dtype, probs.device))
+    product = torch.mm(probs.T, h, out=scratch_buffer("grad_w_low", grad_w.shape, probs.dtype, probs.device))
     if first:
         grad_w.copy_(product)
     else:
@@ -284,9 +288,13 @@ class GPT(nn.Module):
         its reused buffers and hand-written backward are not something the compiler can trace."""
         device_type = x.device.type
         dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
+        weight = self.lm_head.weight
+        # Inside an autograd Function gradients are always off, so whether they are wanted is decided out here:
+        # under torch.no_grad() (evaluation) no gradient is computed at all.
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
         with torch.autocast(device_type, enabled=False):
             return ChunkedLinearCrossEntropy.apply(
-                x.flatten(0, 1), self.lm_head.weight, targets.flatten(), self.n_valid_tokens, chunk_rows, dtype
+                x.flatten(0, 1), weight, targets.flatten(), self.n_valid_tokens, chunk_rows, dtype, needs_grad
             )
 
     # ---- conversion to and from Hugging Face transformers ------------------------------------------------------

@@ -1,5 +1,5 @@
-"""Section 7 — training: the settings, one optimizer step, evaluation, and the whole run with its logs,
-checkpoints, exact resume and multi-process (DistributedDataParallel) support."""
+"""Training, taught in notebook 06: the settings, one optimizer step, evaluation, and the run itself with its logs,
+checkpoints, exact resume and multi-process (DistributedDataParallel) support. `train_loop` is the loop to read."""
 
 from __future__ import annotations
 
@@ -9,18 +9,20 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .checkpoint import load_checkpoint, restore_rng, save_checkpoint
-from .config import PADDED_VOCAB_SIZE, PRESETS, GPTConfig, ShakeGPTError
-from .data import CORPORA, TokenBatches, load_tokens, split_tokens
+from .checkpoint import load_checkpoint, resume_training, save_checkpoint
+from .config import PADDED_VOCAB_SIZE, GPTConfig, ShakeGPTError, check_at_least, check_choice, setting
+from .data import TokenBatches, evaluation_windows, get_corpus, load_tokens, split_tokens
 from .hardware import (
     Precision,
     describe_device,
@@ -38,22 +40,22 @@ from .plots import plot_loss_curves, save_figure
 from .sampling import sample_text
 
 
-def option(default, help: str, **extra):
+def option(default, help: str):
     """A TrainConfig field with its command-line help text (the CLI is generated from these fields)."""
-    return field(default=default, metadata={"help": help, **extra})
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
 class TrainConfig:
     """Every setting of a training run; each field is also a `python -m shakegpt_utils train --flag`.
-    None means "choose for this machine" (see `resolve`)."""
+    None means "choose for this machine and preset" (see `resolve`)."""
 
-    preset: str | None = option(None, "model size: gpt2 (124M), small or tiny; default gpt2 on a GPU, small on a CPU")
+    preset: str | None = option(None, "model size: gpt2 (124M), small or tiny; default gpt2 on a GPU, small elsewhere")
     corpus: str = option("tinyshakespeare", "tinyshakespeare or complete")
     batch_size: int | None = option(None, "sequences per micro-step per process")
     seq_len: int | None = option(None, "tokens per sequence (at most the model's context)")
     grad_accum: int = option(1, "micro-steps per optimizer step")
-    total_batch: int | None = option(None, "sequences per optimizer step over all processes; sets --grad-accum")
+    total_batch: int | None = option(None, "tokens per optimizer step, all processes (e.g. 524288); sets grad_accum")
     max_steps: int | None = option(None, "optimizer steps (the schedule's length)")
     lr: float | None = option(None, "peak learning rate")
     min_lr: float | None = option(None, "final learning rate (default lr/10)")
@@ -67,7 +69,7 @@ class TrainConfig:
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
     seed: int = option(1337, "random seed: initialisation, data order, dropout")
     eval_interval: int | None = option(None, "steps between validation evaluations")
-    eval_batches: int = option(20, "validation batches per evaluation")
+    eval_batches: int = option(20, "validation batches (of batch_size sequences per process) per evaluation")
     sample_interval: int | None = option(None, "steps between text samples (0: none)")
     sample_prompt: str = option("ROMEO:", "prompt for the samples written during training")
     sample_tokens: int = option(100, "tokens per sample written during training")
@@ -80,63 +82,85 @@ class TrainConfig:
     tensorboard: bool = option(True, "write TensorBoard event files")
     progress: bool = option(True, "show a progress bar")
 
-    def resolve(self, device: torch.device) -> TrainConfig:
-        """Fill the None fields with what suits the device: the 124M model on a GPU, a small one that finishes in
-        a few minutes on a CPU. Raises ShakeGPTError on settings that cannot work."""
-        on_gpu = device.type == "cuda"
-        values = asdict(self)
+    def resolve(self, device: torch.device | str = "cpu", world_size: int = 1) -> TrainConfig:
+        """A copy with every None filled for this device and preset, and the gradient accumulation that a
+        --total-batch asks for over `world_size` processes. Raises ShakeGPTError on settings that cannot work."""
+        on_gpu = torch.device(device).type == "cuda"
         preset = self.preset or ("gpt2" if on_gpu else "small")
-        if preset not in PRESETS:
-            raise ShakeGPTError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
-        if self.corpus not in CORPORA:
-            raise ShakeGPTError(f"unknown corpus {self.corpus!r}; choose one of {', '.join(CORPORA)}.")
-        block_size = GPTConfig.preset(preset).block_size
-        defaults = GPU_DEFAULTS if preset == "gpt2" else CPU_DEFAULTS
-        for name, value in defaults.items():
+        check_choice("preset", preset, RUN_DEFAULTS)
+        get_corpus(self.corpus)
+        values = asdict(self)
+        for name, value in RUN_DEFAULTS[preset].items():
             if values[name] is None:
                 values[name] = value
-        values.update(preset=preset, seq_len=self.seq_len or block_size)
-        values["batch_size"] = values["batch_size"] or (16 if preset == "gpt2" else 8)
-        values["min_lr"] = values["min_lr"] if values["min_lr"] is not None else values["lr"] / 10
+        values.update(preset=preset, seq_len=self.seq_len or GPTConfig.preset(preset).block_size)
+        values["min_lr"] = values["lr"] / 10 if self.min_lr is None else self.min_lr
         values["compile"] = on_gpu if self.compile is None else self.compile
         cfg = TrainConfig(**values)
-        cfg.check(block_size)
+        cfg.check()
+        if cfg.total_batch is not None:
+            cfg.grad_accum = accumulation_for(cfg.total_batch, cfg.batch_size * cfg.seq_len * world_size)
         return cfg
 
-    def check(self, block_size: int) -> None:
-        positive = (
-            "batch_size",
-            "seq_len",
-            "grad_accum",
-            "max_steps",
-            "eval_interval",
-            "log_interval",
-            "ckpt_interval",
-        )
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ShakeGPTError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}.")
+    def check(self) -> None:
+        for name in ("batch_size", "seq_len", "grad_accum", "max_steps", "eval_interval", "log_interval"):
+            check_at_least(name, getattr(self, name), 1)
+        check_at_least("ckpt_interval", self.ckpt_interval, 1)
+        check_at_least("eval_batches", self.eval_batches, 1)
+        block_size = GPTConfig.preset(self.preset).block_size
         if self.seq_len > block_size:
-            raise ShakeGPTError(f"--seq-len {self.seq_len} is above the {self.preset} model's context of {block_size}.")
+            raise ShakeGPTError(
+                f"{setting('seq_len')} {self.seq_len} is above the {self.preset} model's context of {block_size}."
+            )
         if not 0 <= self.dropout < 1:
-            raise ShakeGPTError(f"--dropout must be in [0, 1), not {self.dropout}.")
+            raise ShakeGPTError(f"{setting('dropout')} must be in [0, 1), not {self.dropout}.")
         if self.lr <= 0 or self.min_lr < 0:
-            raise ShakeGPTError("--lr must be positive and --min-lr not negative.")
+            raise ShakeGPTError(f"{setting('lr')} must be positive and {setting('min_lr')} not negative.")
 
 
-# What None resolves to: the reference run on a GPU; minutes on a laptop CPU.
-GPU_DEFAULTS = dict(
-    max_steps=3000,
-    lr=6e-4,
-    warmup_steps=100,
-    eval_interval=100,
-    sample_interval=500,
-    log_interval=10,
-    ckpt_interval=250,
-)
-CPU_DEFAULTS = dict(
-    max_steps=400, lr=1e-3, warmup_steps=30, eval_interval=50, sample_interval=200, log_interval=10, ckpt_interval=100
-)
+def accumulation_for(total_batch: int, tokens_per_micro_step: int) -> int:
+    """Micro-steps per optimizer step for `total_batch` tokens per step; like nanoGPT, the batch counts tokens."""
+    if total_batch % tokens_per_micro_step:
+        raise ShakeGPTError(
+            f"{setting('total_batch')} {total_batch:,} tokens is not divisible by batch_size x seq_len x "
+            f"processes = {tokens_per_micro_step:,} tokens per micro-step."
+        )
+    return max(1, total_batch // tokens_per_micro_step)
+
+
+# What None resolves to, by preset: gpt2 is the reference run (a GPU's work); small trains in minutes on a CPU.
+RUN_DEFAULTS = {
+    "gpt2": dict(
+        batch_size=16,
+        max_steps=3000,
+        lr=6e-4,
+        warmup_steps=100,
+        eval_interval=100,
+        sample_interval=500,
+        log_interval=10,
+        ckpt_interval=250,
+    ),
+    "small": dict(
+        batch_size=8,
+        max_steps=400,
+        lr=1e-3,
+        warmup_steps=30,
+        eval_interval=50,
+        sample_interval=200,
+        log_interval=10,
+        ckpt_interval=100,
+    ),
+    "tiny": dict(
+        batch_size=8,
+        max_steps=400,
+        lr=1e-3,
+        warmup_steps=30,
+        eval_interval=50,
+        sample_interval=200,
+        log_interval=10,
+        ckpt_interval=100,
+    ),
+}
 
 
 # ---- distributed set-up ----------------------------------------------------------------------------------------
@@ -144,11 +168,12 @@ CPU_DEFAULTS = dict(
 
 @dataclass
 class Distributed:
-    """Where this process stands among those torchrun started (a single process is rank 0 of 1)."""
+    """Where this process stands: rank 0 of 1 when run alone; under torchrun (any number of processes, one
+    included) a member of a process group, whose model DistributedDataParallel wraps."""
 
     rank: int = 0
-    local_rank: int = 0
     world_size: int = 1
+    in_group: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -156,25 +181,23 @@ class Distributed:
 
 
 def setup_distributed(requested_device: str) -> tuple[Distributed, torch.device]:
-    """Join the process group torchrun describes in RANK/WORLD_SIZE (NCCL on CUDA, gloo on CPU), or run alone."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1:
-        return Distributed(), get_device(requested_device)
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    """Join the process group torchrun describes in RANK/LOCAL_RANK/WORLD_SIZE (NCCL on CUDA, gloo on CPU), or run
+    alone when not started by torchrun."""
     device = get_device(requested_device)
+    if "RANK" not in os.environ:
+        return Distributed(), device
     if device.type == "cuda":
-        device = torch.device("cuda", local_rank)
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Distributed(rank, local_rank, world_size), device
+    return Distributed(dist.get_rank(), dist.get_world_size(), in_group=True), device
 
 
-def mean_over_processes(value: torch.Tensor) -> torch.Tensor:
-    """The average of `value` over all processes (itself when running alone)."""
+def sum_over_processes(value: torch.Tensor) -> torch.Tensor:
+    """The sum of `value` over all processes (itself when running alone)."""
     if dist.is_available() and dist.is_initialized():
         value = value.clone()
         dist.all_reduce(value, op=dist.ReduceOp.SUM)
-        value /= dist.get_world_size()
     return value
 
 
@@ -222,26 +245,27 @@ def train_step(
         precision.scaler.update()
     else:
         optimizer.step()
-    return mean_over_processes(loss_sum), norm
+    world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    return sum_over_processes(loss_sum) / world_size, norm
 
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, batches: TokenBatches, n_batches: int, precision: Precision, device: torch.device
+    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], precision: Precision, device: torch.device
 ) -> float:
-    """Mean loss over the first `n_batches` validation batches (the same ones every time), over all processes."""
+    """Mean loss per token over `batches` (see data.evaluation_windows) and over all processes: equal to one
+    process evaluating all their windows, whatever the batch size and the number of processes."""
     was_training = model.training
     model.eval()
-    batches.load_state_dict({"epoch": 0, "position": 0})
-    n_batches = min(n_batches, max(1, batches.steps_per_epoch()))
-    total = torch.zeros((), device=device)
-    for _ in range(n_batches):
-        x, y = to_device(*batches.next_batch(), device)
+    totals = torch.zeros(2, device=device)  # summed loss, tokens
+    for x, y in batches:
+        x, y = to_device(x, y, device)
         with precision.autocast():
             _, loss = model(x, y)
-        total += loss.float()
+        totals += torch.stack([loss.float() * y.numel(), torch.tensor(float(y.numel()), device=device)])
     model.train(was_training)
-    return mean_over_processes(total / n_batches).item()
+    loss_sum, tokens = sum_over_processes(totals).tolist()
+    return loss_sum / tokens
 
 
 # ---- logging -----------------------------------------------------------------------------------------------------
@@ -310,217 +334,7 @@ def read_metrics(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-# ---- the run -----------------------------------------------------------------------------------------------------
-
-
-def build_model(cfg: TrainConfig) -> GPT:
-    """The model a TrainConfig asks for (its preset, dropout and vocabulary padding)."""
-    overrides = {"dropout": cfg.dropout}
-    if cfg.pad_vocab:
-        overrides["vocab_size"] = PADDED_VOCAB_SIZE
-    return GPT(GPTConfig.preset(cfg.preset, **overrides))
-
-
-def train(cfg: TrainConfig) -> dict:
-    """Train a GPT on Shakespeare as `cfg` says and return the run's summary (also written to OUT/summary.json)."""
-    dist_info, device = setup_distributed(cfg.device)
-    try:
-        return run_training(cfg, dist_info, device)
-    finally:
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def run_training(requested: TrainConfig, dist_info: Distributed, device: torch.device) -> dict:
-    cfg = requested.resolve(device)
-    if cfg.total_batch is not None:
-        per_micro_step = cfg.batch_size * dist_info.world_size
-        if cfg.total_batch % per_micro_step:
-            raise ShakeGPTError(
-                f"--total-batch {cfg.total_batch} is not divisible by batch-size x processes = {per_micro_step}."
-            )
-        cfg.grad_accum = cfg.total_batch // per_micro_step
-    out = Path(cfg.out)
-    precision = get_precision(device, cfg.dtype)
-    tf32 = enable_tf32(device)
-    set_seed(cfg.seed)
-
-    train_tokens, val_tokens = split_tokens(load_tokens(cfg.corpus))
-    rank, world = dist_info.rank, dist_info.world_size
-    train_batches = TokenBatches(train_tokens, cfg.batch_size, cfg.seq_len, rank, world, shuffle=True, seed=cfg.seed)
-    val_batches = TokenBatches(val_tokens, cfg.batch_size, cfg.seq_len, rank, world, shuffle=False)
-
-    model = build_model(cfg).to(device)
-    optimizer = configure_optimizer(model, cfg.weight_decay, cfg.lr, device_type=device.type)
-    state = {
-        "step": 0,
-        "elapsed": 0.0,
-        "best_val_loss": math.inf,
-        "best_val_step": None,
-        "target_step": None,
-        "time_to_target": None,
-        "bad_evals": 0,
-    }
-    checkpoint_path, best_path = out / "last.pt", out / "best.pt"
-    resumed = False
-    if cfg.resume and checkpoint_path.exists():
-        checkpoint = load_checkpoint(checkpoint_path, map_location=device)
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        train_batches.load_state_dict(checkpoint["data"])
-        state.update(checkpoint["extra"]["state"])
-        if precision.scaler and checkpoint["extra"].get("scaler"):
-            precision.scaler.load_state_dict(checkpoint["extra"]["scaler"])
-        restore_rng(checkpoint["rng"])
-        resumed = True
-    log = RunLog(out, cfg, state["step"], enabled=dist_info.is_main)
-    if cfg.resume and not resumed:
-        log.print(f"--resume: no checkpoint at {checkpoint_path}, starting from scratch.")
-    elif resumed:
-        log.print(f"resumed from {checkpoint_path} at step {state['step']}.")
-
-    plain_model = model
-    n_params = plain_model.num_params()
-    if cfg.compile:
-        model = torch.compile(model)
-    if world > 1:
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * world
-    peak = peak_flops(device, precision.dtype)
-    log.print(
-        f"training {cfg.preset} ({n_params / 1e6:.1f}M parameters) on {cfg.corpus} | {describe_device(device)} | "
-        f"{precision.name}{' + TF32' if tf32 else ''}{' + compile' if cfg.compile else ''} | {world} process(es) | "
-        f"{tokens_per_step:,} tokens per step ({cfg.batch_size} x {cfg.seq_len} x {cfg.grad_accum} x {world}) | "
-        f"{cfg.max_steps} steps | {len(train_tokens):,} train / {len(val_tokens):,} val tokens"
-    )
-    if requested.preset is None and device.type != "cuda":
-        log.print(
-            f"no CUDA GPU here: training the {cfg.preset} preset, which finishes in minutes; on a GPU the default is "
-            "the 124M GPT-2 (--preset gpt2)."
-        )
-
-    def save(path: Path, step: int) -> None:
-        extra = {"state": dict(state), "scaler": precision.scaler.state_dict() if precision.scaler else None}
-        save_checkpoint(path, plain_model, optimizer, step, train_batches.state_dict(), asdict(cfg), extra)
-
-    model.train()
-    progress = None
-    if dist_info.is_main and cfg.progress:
-        from tqdm import tqdm
-
-        progress = tqdm(total=cfg.max_steps, initial=state["step"], unit="step", dynamic_ncols=True, file=sys.stdout)
-    window: list[torch.Tensor] = []
-    window_start, window_first_step = time.perf_counter(), state["step"] + 1
-    run_start = time.perf_counter() - state["elapsed"]
-    stop_reason = "max_steps"
-    last_loss, latest_sample = None, (None, "")
-    try:
-        for step in range(state["step"] + 1, cfg.max_steps + 1):
-            lr = get_lr(step - 1, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.max_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss, norm = train_step(model, optimizer, train_batches, cfg.grad_accum, precision, device, cfg.grad_clip)
-            window.append(loss)
-            if progress:
-                progress.update(1)
-            is_eval = step % cfg.eval_interval == 0 or step == cfg.max_steps
-            is_ckpt = step % cfg.ckpt_interval == 0 or step == cfg.max_steps
-            if not (step % cfg.log_interval == 0 or is_eval or is_ckpt):
-                continue
-            # A log window ends: wait for the device once, check every loss in it, then log and evaluate.
-            synchronize(device)
-            now = time.perf_counter()
-            losses = torch.stack(window).tolist()
-            for offset, value in enumerate(losses):
-                if not math.isfinite(value):
-                    bad = window_first_step + offset
-                    raise ShakeGPTError(
-                        f"the loss became {value} at step {bad}; stopped. The last good checkpoint is kept at "
-                        f"{checkpoint_path}. Try a lower --lr, --grad-clip 1, or --dtype fp32."
-                    )
-            steps_done = len(losses)
-            dt = (now - window_start) / steps_done
-            last_loss = sum(losses) / steps_done
-            row = {
-                "step": step,
-                "tokens": step * tokens_per_step,
-                "loss": last_loss,
-                "lr": lr,
-                "grad_norm": float(norm),
-                "dt_ms": 1000 * dt,
-                "tok_per_s": tokens_per_step / dt,
-                "mfu": estimate_mfu(n_params, plain_model.config, cfg.seq_len, tokens_per_step / dt, peak),
-                "elapsed_s": now - run_start,
-            }
-            if is_eval:
-                row["val_loss"] = evaluate(model, val_batches, cfg.eval_batches, precision, device)
-                if row["val_loss"] < state["best_val_loss"]:
-                    state.update(best_val_loss=row["val_loss"], best_val_step=step, bad_evals=0)
-                    if dist_info.is_main:
-                        save(best_path, step)
-                else:
-                    state["bad_evals"] += 1
-            reached = cfg.target_loss is not None and last_loss < cfg.target_loss and state["target_step"] is None
-            if reached:
-                state.update(target_step=step, time_to_target=now - run_start)
-            log.record(row)
-            log.print(format_row(row, cfg.max_steps))
-            state.update(step=step, elapsed=now - run_start)
-            if cfg.sample_interval and step % cfg.sample_interval == 0 and dist_info.is_main:
-                latest_sample = (step, sample_text(plain_model, cfg.sample_prompt, cfg.sample_tokens, seed=cfg.seed)[0])
-                log.sample(*latest_sample)
-            early = cfg.early_stop is not None and state["bad_evals"] >= cfg.early_stop
-            if reached:
-                stop_reason = "target_loss"
-            elif early:
-                stop_reason = "early_stop"
-            if dist_info.is_main and (is_ckpt or reached or early):
-                save(checkpoint_path, step)
-            window, window_start, window_first_step = [], time.perf_counter(), step + 1
-            if reached or early:
-                break
-    finally:
-        if progress:
-            progress.close()
-    summary = {
-        "steps": state["step"],
-        "tokens": state["step"] * tokens_per_step,
-        "wall_time_s": time.perf_counter() - run_start,
-        "stop_reason": stop_reason,
-        "target_loss": cfg.target_loss,
-        "target_step": state["target_step"],
-        "time_to_target_s": state["time_to_target"],
-        "best_val_loss": state["best_val_loss"] if math.isfinite(state["best_val_loss"]) else None,
-        "best_val_step": state["best_val_step"],
-        "final_train_loss": last_loss,
-        "mean_tok_per_s": state["step"] * tokens_per_step / max(state["elapsed"], 1e-9),
-        "n_params": n_params,
-        "device": describe_device(device),
-        "processes": world,
-        "dtype": precision.name,
-        "tf32": tf32,
-        "compile": cfg.compile,
-        "versions": versions(),
-        "config": asdict(cfg),
-        "model_config": plain_model.config.to_dict(),
-    }
-    if dist_info.is_main:
-        if latest_sample[0] != state["step"]:
-            latest_sample = (
-                state["step"],
-                sample_text(plain_model, cfg.sample_prompt, cfg.sample_tokens, seed=cfg.seed)[0],
-            )
-            log.sample(*latest_sample)
-        summary["sample"] = latest_sample[1]
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        figure = plot_loss_curves(read_metrics(log.metrics_path), cfg.target_loss)
-        save_figure(figure, "loss", folder=out)
-        plt.close(figure)  # saved to disk; a notebook calling train() should not show it a second time
-    log.close()
-    return summary
-
-
-def format_row(row: dict, max_steps: int) -> str:
+def log_line(row: dict, max_steps: int) -> str:
     """A log line: step, loss, lr, gradient norm, time per step, throughput, MFU (and validation loss)."""
     line = (
         f"step {row['step']:>5}/{max_steps} | loss {row['loss']:.4f} | lr {row['lr']:.2e} | norm {row['grad_norm']:.2f}"
@@ -533,6 +347,282 @@ def format_row(row: dict, max_steps: int) -> str:
     return line
 
 
-def train_config_fields() -> list:
-    """The TrainConfig fields, for building the command line."""
-    return list(fields(TrainConfig))
+# ---- the run -----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainState:
+    """How far a run has come; checkpoints carry it (the step itself is the checkpoint's own `step`)."""
+
+    step: int = 0
+    warmup_s: float = 0.0  # the first step after each start, compilation included
+    elapsed_s: float = 0.0  # wall-clock seconds since the end of the first step (warm-up excluded)
+    train_s: float = 0.0  # of those, the seconds in training steps: no evaluation, sampling or checkpoint writing
+    timed_steps: int = 0
+    checkpoint_s: float = 0.0
+    best_val_loss: float = math.inf
+    best_val_step: int | None = None
+    target_step: int | None = None
+    time_to_target_s: float | None = None  # elapsed_s when the training loss first fell below the target
+    evals_without_improvement: int = 0
+
+    def saved(self) -> dict:
+        """What a checkpoint stores of the state: all of it but the step."""
+        return {k: v for k, v in asdict(self).items() if k != "step"}
+
+
+@dataclass
+class Run:
+    """Everything a training run works with, built once by `start_run`."""
+
+    cfg: TrainConfig
+    dist: Distributed
+    device: torch.device
+    precision: Precision
+    model: GPT  # the plain model: checkpoints, samples
+    runnable: nn.Module  # what trains: the model, maybe compiled, maybe wrapped in DistributedDataParallel
+    optimizer: torch.optim.Optimizer
+    train_batches: TokenBatches
+    val_tokens: np.ndarray
+    state: TrainState
+    log: RunLog
+    tokens_per_step: int
+    tf32: bool
+    latest_sample: tuple[int | None, str] = (None, "")
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.out)
+
+    def save(self, name: str) -> None:
+        """Write OUT/name (last.pt or best.pt) from the main process, and count the time it took."""
+        if not self.dist.is_main:
+            return
+        started = time.perf_counter()
+        scaler = self.precision.scaler.state_dict() if self.precision.scaler else None
+        extra = {"state": self.state.saved(), "scaler": scaler}
+        data = self.train_batches.state_dict()
+        save_checkpoint(self.out / name, self.model, self.optimizer, self.state.step, data, asdict(self.cfg), extra)
+        self.state.checkpoint_s += time.perf_counter() - started
+
+    def evaluate(self) -> float:
+        """The validation loss on the same eval_batches x batch_size x processes windows every time."""
+        cfg, world = self.cfg, self.dist.world_size
+        n_windows = cfg.eval_batches * cfg.batch_size * world
+        windows = evaluation_windows(self.val_tokens, cfg.batch_size, cfg.seq_len, n_windows, self.dist.rank, world)
+        model = self.runnable.module if isinstance(self.runnable, DistributedDataParallel) else self.runnable
+        return evaluate(model, windows, self.precision, self.device)
+
+    def sample(self) -> None:
+        """Write a sample of the model as it is now (main process only)."""
+        cfg = self.cfg
+        text = sample_text(self.model, cfg.sample_prompt, cfg.sample_tokens, seed=cfg.seed)[0]
+        self.latest_sample = (self.state.step, text)
+        self.log.sample(self.state.step, text)
+
+
+def build_model(cfg: TrainConfig) -> GPT:
+    """The model a TrainConfig asks for (its preset, dropout and vocabulary padding)."""
+    overrides = {"dropout": cfg.dropout}
+    if cfg.pad_vocab:
+        overrides["vocab_size"] = PADDED_VOCAB_SIZE
+    return GPT(GPTConfig.preset(cfg.preset, **overrides))
+
+
+def start_run(requested: TrainConfig, dist_info: Distributed, device: torch.device) -> Run:
+    """Resolve the settings, load the data, build model and optimizer, resume if asked, and print the banner."""
+    cfg = requested.resolve(device, dist_info.world_size)
+    precision = get_precision(device, cfg.dtype)
+    tf32 = enable_tf32(device)
+    set_seed(cfg.seed)
+    train_tokens, val_tokens = split_tokens(load_tokens(cfg.corpus))
+    tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * dist_info.world_size
+    if tokens_per_step > 2 * len(train_tokens):
+        raise ShakeGPTError(
+            f"one step of {tokens_per_step:,} tokens is more than two epochs of the {len(train_tokens):,}-token "
+            f"training split; use a smaller {setting('total_batch')}, {setting('grad_accum')} or "
+            f"{setting('batch_size')}."
+        )
+    rank, world = dist_info.rank, dist_info.world_size
+    train_batches = TokenBatches(train_tokens, cfg.batch_size, cfg.seq_len, rank, world, shuffle=True, seed=cfg.seed)
+    model = build_model(cfg).to(device)
+    optimizer = configure_optimizer(model, cfg.weight_decay, cfg.lr, device_type=device.type)
+    state, checkpoint_path = TrainState(), Path(cfg.out) / "last.pt"
+    if cfg.resume and checkpoint_path.exists():
+        checkpoint = load_checkpoint(checkpoint_path, map_location=device)
+        state = TrainState(step=checkpoint["step"], **checkpoint["extra"]["state"])
+        resume_training(checkpoint, model, optimizer, train_batches, precision.scaler)
+    runnable = torch.compile(model) if cfg.compile else model
+    if dist_info.in_group:
+        runnable = DistributedDataParallel(runnable, device_ids=[device.index] if device.type == "cuda" else None)
+    log = RunLog(Path(cfg.out), cfg, state.step, enabled=dist_info.is_main)
+    run = Run(cfg, dist_info, device, precision, model, runnable, optimizer, train_batches, val_tokens, state, log,
+              tokens_per_step, tf32)  # fmt: skip
+    print_banner(run, requested, len(train_tokens), resumed=state.step > 0)
+    return run
+
+
+def print_banner(run: Run, requested: TrainConfig, n_train_tokens: int, resumed: bool) -> None:
+    cfg, world, log = run.cfg, run.dist.world_size, run.log
+    if resumed:
+        log.print(f"resumed from {run.out / 'last.pt'} at step {run.state.step}.")
+    elif cfg.resume:
+        log.print(f"--resume: no checkpoint at {run.out / 'last.pt'}, starting from scratch.")
+    processes = f"{world} process(es)" + (" with DistributedDataParallel" if run.dist.in_group else "")
+    log.print(
+        f"training {cfg.preset} ({run.model.num_params() / 1e6:.1f}M parameters) on {cfg.corpus} | "
+        f"{describe_device(run.device)} | {run.precision.name}{' + TF32' if run.tf32 else ''}"
+        f"{' + compile' if cfg.compile else ''} | {processes} | {run.tokens_per_step:,} tokens per step "
+        f"({cfg.batch_size} x {cfg.seq_len} x {cfg.grad_accum} x {world}) | {cfg.max_steps} steps | "
+        f"{n_train_tokens:,} train / {len(run.val_tokens):,} val tokens"
+    )
+    if requested.preset is None and run.device.type != "cuda":
+        log.print(
+            f"no CUDA GPU here: training the {cfg.preset} preset, which finishes in minutes; on a GPU the default is "
+            "the 124M GPT-2 (--preset gpt2)."
+        )
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train a GPT on Shakespeare as `cfg` says and return the run's summary (also written to OUT/summary.json)."""
+    dist_info, device = setup_distributed(cfg.device)
+    try:
+        run = start_run(cfg, dist_info, device)
+        try:
+            return finish_run(run, train_loop(run))
+        finally:
+            run.log.close()
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def train_loop(run: Run) -> str:
+    """Step until max_steps, the target loss or early stopping; log, evaluate, sample and checkpoint on the way.
+    Returns why it stopped. The device is waited for once per log window, never per step, and the first step
+    (which compiles) is timed apart from the others."""
+    cfg, state, device = run.cfg, run.state, run.device
+    progress = None
+    if run.dist.is_main and cfg.progress:
+        from tqdm import tqdm
+
+        progress = tqdm(total=cfg.max_steps, initial=state.step, unit="step", dynamic_ncols=True, file=sys.stdout)
+    peak, n_params = peak_flops(device, run.precision.dtype), run.model.num_params()
+    window: list[torch.Tensor] = []
+    first_step, window_start, timed_in_window = state.step + 1, time.perf_counter(), 0
+    run.runnable.train()
+    try:
+        for step in range(first_step, cfg.max_steps + 1):
+            lr = get_lr(step - 1, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.max_steps)
+            for group in run.optimizer.param_groups:
+                group["lr"] = lr
+            loss, norm = train_step(
+                run.runnable, run.optimizer, run.train_batches, cfg.grad_accum, run.precision, device, cfg.grad_clip
+            )
+            window.append(loss)
+            if progress:
+                progress.update(1)
+            if step == first_step:
+                synchronize(device)
+                warmup_s = time.perf_counter() - window_start
+                state.warmup_s += warmup_s
+                window_start = time.perf_counter()
+                timed_start = window_start - state.elapsed_s  # the clock of time_to_target_s goes on after a resume
+            else:
+                timed_in_window += 1
+            is_eval = step % cfg.eval_interval == 0 or step == cfg.max_steps
+            is_ckpt = step % cfg.ckpt_interval == 0 or step == cfg.max_steps
+            if not (step % cfg.log_interval == 0 or is_eval or is_ckpt):
+                continue
+            # A log window ends: wait for the device once, check every loss in it, then log and evaluate.
+            synchronize(device)
+            now = time.perf_counter()
+            losses = torch.stack(window).tolist()
+            check_finite(losses, first_step=step - len(losses) + 1, checkpoint=run.out / "last.pt")
+            dt = (now - window_start) / timed_in_window if timed_in_window else warmup_s
+            state.step, state.elapsed_s = step, now - timed_start
+            state.train_s, state.timed_steps = state.train_s + now - window_start, state.timed_steps + timed_in_window
+            row = {
+                "step": step,
+                "tokens": step * run.tokens_per_step,
+                "loss": sum(losses) / len(losses),
+                "lr": lr,
+                "grad_norm": float(norm),
+                "dt_ms": 1000 * dt,
+                "tok_per_s": run.tokens_per_step / dt,
+                "mfu": estimate_mfu(n_params, run.model.config, cfg.seq_len, run.tokens_per_step / dt, peak),
+                "elapsed_s": state.warmup_s + state.elapsed_s,
+            }
+            if is_eval:
+                row["val_loss"] = run.evaluate()
+                if row["val_loss"] < state.best_val_loss:
+                    state.best_val_loss, state.best_val_step, state.evals_without_improvement = row["val_loss"], step, 0
+                    run.save("best.pt")
+                else:
+                    state.evals_without_improvement += 1
+            reached = cfg.target_loss is not None and row["loss"] < cfg.target_loss
+            if reached and state.target_step is None:
+                state.target_step, state.time_to_target_s = step, state.elapsed_s
+            run.log.record(row)
+            run.log.print(log_line(row, cfg.max_steps))
+            if cfg.sample_interval and step % cfg.sample_interval == 0 and run.dist.is_main:
+                run.sample()
+            early = cfg.early_stop is not None and state.evals_without_improvement >= cfg.early_stop
+            if is_ckpt or reached or early:
+                run.save("last.pt")
+            if reached or early:
+                return "target_loss" if reached else "early_stop"
+            window, window_start, timed_in_window = [], time.perf_counter(), 0
+    finally:
+        if progress:
+            progress.close()
+    return "max_steps"
+
+
+def check_finite(losses: list[float], first_step: int, checkpoint: Path) -> None:
+    """Stop the run, naming the step, at the first loss that is NaN or infinite; last.pt is left as it was."""
+    for offset, value in enumerate(losses):
+        if not math.isfinite(value):
+            raise ShakeGPTError(
+                f"the loss became {value} at step {first_step + offset}; stopped. The last good checkpoint is kept at "
+                f"{checkpoint}. Try a lower --lr, --grad-clip 1, or --dtype fp32."
+            )
+
+
+def finish_run(run: Run, stop_reason: str) -> dict:
+    """The run's summary; the main process also writes a last sample, summary.json and the loss figure."""
+    cfg, state = run.cfg, run.state
+    metrics = read_metrics(run.log.metrics_path) if run.dist.is_main else []
+    summary = {
+        "steps": state.step,
+        "tokens": state.step * run.tokens_per_step,
+        "wall_time_s": state.warmup_s + state.elapsed_s,
+        "warmup_s": state.warmup_s,
+        "checkpoint_s": state.checkpoint_s,
+        "stop_reason": stop_reason,
+        "target_loss": cfg.target_loss,
+        "target_step": state.target_step,
+        "time_to_target_s": state.time_to_target_s,
+        "best_val_loss": state.best_val_loss if math.isfinite(state.best_val_loss) else None,
+        "best_val_step": state.best_val_step,
+        "final_train_loss": metrics[-1]["loss"] if metrics else None,
+        "mean_tok_per_s": state.timed_steps * run.tokens_per_step / state.train_s if state.train_s else None,
+        "n_params": run.model.num_params(),
+        "device": describe_device(run.device),
+        "processes": run.dist.world_size,
+        "dtype": run.precision.name,
+        "tf32": run.tf32,
+        "compile": cfg.compile,
+        "versions": versions(),
+        "config": asdict(cfg),
+        "model_config": run.model.config.to_dict(),
+    }
+    if run.dist.is_main:
+        if run.latest_sample[0] != state.step:
+            run.sample()
+        summary["sample"] = run.latest_sample[1]
+        (run.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        figure = plot_loss_curves(metrics, cfg.target_loss)
+        save_figure(figure, "loss", folder=run.out)
+        plt.close(figure)  # saved to disk; a notebook calling train() should not show it a second time
+    return summary

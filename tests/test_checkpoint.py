@@ -92,6 +92,17 @@ def test_round_trip_resumes_training_exactly(tmp_path, tiny_config):
     assert_same_weights(model, restored)
 
 
+def test_random_states_come_back_on_the_cpu_whatever_the_map_location(tmp_path, tiny_config):
+    """A resume on a GPU loads with map_location="cuda"; torch.set_rng_state takes only a CPU tensor. "meta" stands
+    in for a device other than the CPU here: it moves every tensor of the file off the CPU, as "cuda" would."""
+    path = save_checkpoint(tmp_path / "last.pt", GPT(tiny_config))
+    after_save = torch.rand(5)
+    checkpoint = load_checkpoint(path, map_location="meta")
+    assert checkpoint["model"]["transformer.wte.weight"].device.type == "meta"
+    restore_rng(checkpoint["rng"])
+    assert torch.equal(torch.rand(5), after_save)
+
+
 def test_writing_leaves_no_temporary_file(tmp_path, tiny_config):
     model = GPT(tiny_config)
     for step in (1, 2):  # a new file, then a replaced one

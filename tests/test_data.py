@@ -21,6 +21,7 @@ from shakegpt.data import (
     CORPORA,
     TokenBatches,
     cache_folder,
+    evaluation_windows,
     load_corpus,
     load_tokens,
     split_tokens,
@@ -370,6 +371,33 @@ def test_state_dict_resumes_exactly_across_an_epoch_boundary():
         assert torch.equal(x, x_resumed) and torch.equal(y, y_resumed)
 
 
-def test_too_few_tokens_are_refused_with_advice():
-    with pytest.raises(ShakeGPTError, match=r"100 tokens are too few for a batch of 4 x 2 process\(es\) of 16 tokens"):
-        TokenBatches(TOKENS[:100], batch_size=4, seq_len=16, world_size=2)
+@pytest.mark.parametrize(
+    "batch_size, world_size, advice",
+    [(4, 2, "use --batch-size 2 at most"), (7, 1, "use --batch-size 5 at most"), (1, 8, "use a smaller --seq-len")],
+)
+def test_a_step_larger_than_the_split_is_refused_with_the_largest_batch_that_fits(batch_size, world_size, advice):
+    # 100 tokens hold (100 - 1 - 15) // 16 = 5 windows whatever the start offset: 2 for each of 2 processes.
+    with pytest.raises(ShakeGPTError) as refused:
+        TokenBatches(TOKENS[:100], batch_size=batch_size, seq_len=16, world_size=world_size)
+    message = str(refused.value)
+    assert message.startswith(f"100 tokens hold 5 windows of 16 tokens, fewer than the {batch_size} x {world_size}")
+    assert "--batch-size" in message and advice in message and "\n" not in message
+
+
+@pytest.mark.parametrize("batch_size, world_size", [(4, 1), (4, 3), (64, 1), (3, 8), (1, 200)])
+@pytest.mark.parametrize("n_windows", [None, 10, 1000])
+def test_evaluation_windows_split_the_same_windows_among_processes(batch_size, world_size, n_windows):
+    seq_len = 16
+    every_window = [(TOKENS[i * 16 : i * 16 + 16], TOKENS[i * 16 + 1 : i * 16 + 17]) for i in range(1999 // 16)]
+    expected = every_window[:n_windows]  # by hand: the first n_windows windows from token 0, or all 124
+    seen = []
+    for rank in range(world_size):
+        batches = list(evaluation_windows(TOKENS, batch_size, seq_len, n_windows, rank, world_size))
+        assert all(1 <= len(x) <= batch_size for x, _ in batches)
+        assert all(len(x) == batch_size for x, _ in batches[:-1])  # only the last batch may be smaller
+        seen += [(x_row.numpy(), y_row.numpy()) for x, y in batches for x_row, y_row in zip(x, y, strict=True)]
+    assert len(seen) == len(expected)
+    order = sorted(range(len(seen)), key=lambda i: int(seen[i][0][0]))
+    for i, (x_row, y_row) in zip(order, expected, strict=True):
+        np.testing.assert_array_equal(seen[i][0], x_row)
+        np.testing.assert_array_equal(seen[i][1], y_row)

@@ -77,16 +77,65 @@ def test_fp32_precision_changes_nothing():
         assert (torch.randn(4, 4) @ torch.randn(4, 4)).dtype == torch.float32
 
 
+def test_fp16_precision_on_a_cpu_scales_the_loss_as_on_a_t4():
+    precision = get_precision("cpu", "fp16")
+    assert (precision.device_type, precision.dtype, precision.name) == ("cpu", torch.float16, "fp16")
+    assert isinstance(precision.scaler, torch.amp.GradScaler) and precision.scaler.is_enabled()
+    assert precision.scaler.get_scale() == 2.0**16
+    a, b = torch.randn(8, 8), torch.randn(8, 8)
+    with precision.autocast():
+        assert (a @ b).dtype == torch.float16
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_never_picks_fp16_on_a_cpu(monkeypatch, native):
+    monkeypatch.setattr(shakegpt.hardware, "cpu_has_native_bf16", lambda: native)
+    assert get_precision("cpu").name in ("bf16", "fp32")
+
+
 @pytest.mark.parametrize(
-    "dtype, message",
+    "device, dtype, message",
     [
-        ("fp16", "fp16 autocast with loss scaling needs a CUDA GPU; use bf16 or fp32 here"),
-        ("int8", "unknown dtype 'int8'; choose auto, bf16, fp16 or fp32"),
+        ("cpu", "int8", "unknown dtype 'int8'; choose auto, bf16, fp16 or fp32"),
+        ("mps", "fp16", "fp16 with loss scaling runs on CUDA GPUs and CPUs, not mps; use bf16 or fp32"),
     ],
 )
-def test_unsupported_precision_is_refused(dtype, message):
+def test_unsupported_precision_is_refused(device, dtype, message):
     with pytest.raises(ShakeGPTError, match=message):
-        get_precision("cpu", dtype)
+        get_precision(device, dtype)
+
+
+@pytest.mark.parametrize(
+    "gpu_name, number_format, peak",
+    [
+        ("NVIDIA H100 80GB HBM3", "bf16", 989e12),  # the SXM part
+        ("NVIDIA H100 PCIe", "bf16", 756e12),
+        ("NVIDIA H100 NVL", "bf16", 835e12),
+        ("NVIDIA H200", "bf16", 989e12),
+        ("NVIDIA A100-SXM4-80GB", "tf32", 156e12),
+        ("NVIDIA L4", "bf16", 121e12),
+        ("NVIDIA L40S", "bf16", 362e12),  # not an L4: three times faster
+        ("Tesla T4", "fp16", 65e12),
+        ("Tesla T4", "bf16", None),  # no bf16 tensor cores: no MFU rather than a wrong one
+        ("NVIDIA L40", "bf16", None),  # not in the table, not an L4 either
+        ("NVIDIA GeForce RTX 4090", "bf16", None),
+    ],
+)
+def test_peak_flops_tell_neighbouring_gpu_models_apart(gpu_name, number_format, peak):
+    assert shakegpt.hardware.peak_flops_of(gpu_name, number_format) == peak
+
+
+def test_peak_flops_of_a_cuda_device_read_its_name_and_format(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 PCIe")
+    cuda, before = torch.device("cuda"), torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        assert peak_flops(cuda, torch.bfloat16) == 756e12
+        assert peak_flops(cuda, torch.float32) == 378e12  # TF32 on
+        torch.backends.cuda.matmul.allow_tf32 = False
+        assert peak_flops(cuda, torch.float32) is None  # plain fp32 is not in the table
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
 
 
 def test_cpu_has_no_tf32_and_no_peak_flops():

@@ -285,7 +285,7 @@ def test_chunked_cross_entropy_matches_full_logits_across_chunks():
     w = torch.randn(vocab, n_embd, requires_grad=True)
     targets = torch.randint(n_valid, (n_rows,))
     targets[[2, 9, 10]] = -1  # ignored
-    loss = ChunkedLinearCrossEntropy.apply(h, w, targets, n_valid, 5, torch.float32)  # 5 chunks, the last short
+    loss = ChunkedLinearCrossEntropy.apply(h, w, targets, n_valid, 5, torch.float32, True)  # 5 chunks, last short
     (2.5 * loss).backward()
     h_ref, w_ref = h.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
     ref = F.cross_entropy((h_ref @ w_ref.T)[:, :n_valid], targets, ignore_index=-1)
@@ -294,6 +294,68 @@ def test_chunked_cross_entropy_matches_full_logits_across_chunks():
     torch.testing.assert_close(h.grad, h_ref.grad, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(w.grad, w_ref.grad, atol=1e-6, rtol=1e-5)
     assert torch.count_nonzero(w.grad[n_valid:]) == 0
+
+
+def test_chunked_loss_under_fp16_and_a_loss_scale_is_as_accurate_as_full_logits():
+    """The T4's path: fp16 products, and a GradScaler whose scale only reaches the loss's gradient in backward. Over
+    16,384 tokens the mean's weight is 1/16,384; applied before an fp16 product, it pushes the weight's gradient
+    into fp16's subnormal range (errors twice those of full logits, and entries lost to zero)."""
+    torch.manual_seed(0)
+    n_rows, n_embd, vocab, scale = 16_384, 64, 4096, 2.0**16
+    h0, w0 = torch.randn(n_rows, n_embd), 0.02 * torch.randn(vocab, n_embd)
+    targets = torch.randint(vocab, (n_rows,))
+
+    def loss_and_grads(loss_fn) -> tuple[float, torch.Tensor, torch.Tensor]:
+        h, w = h0.clone().requires_grad_(), w0.clone().requires_grad_()
+        loss = loss_fn(h, w)
+        (loss * scale).backward()  # what GradScaler.scale(loss).backward() does
+        return loss.item(), h.grad / scale, w.grad / scale
+
+    def full_logits_fp16(h, w):
+        with torch.autocast("cpu", dtype=torch.float16):
+            logits = h @ w.T
+        return F.cross_entropy(logits.float(), targets)
+
+    reference = loss_and_grads(lambda h, w: F.cross_entropy(h @ w.T, targets))  # float32 throughout
+    full = loss_and_grads(full_logits_fp16)
+    chunked = loss_and_grads(
+        lambda h, w: ChunkedLinearCrossEntropy.apply(h, w, targets, vocab, 1024, torch.float16, True)
+    )
+    relative_error = lambda grad, ref: ((grad - ref).norm() / ref.norm()).item()
+    assert chunked[0] == pytest.approx(reference[0], abs=1e-4)
+    for i in (1, 2):  # the gradients of h and of the weight
+        assert relative_error(chunked[i], reference[i]) <= 1.05 * relative_error(full[i], reference[i])
+    assert torch.count_nonzero(chunked[2] == 0) <= torch.count_nonzero(reference[2] == 0)
+
+
+def test_chunked_loss_computes_no_gradient_under_no_grad(tiny_config):
+    """Evaluation runs under torch.no_grad(): no (vocab x width) weight gradient, no (tokens x width) input one."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class AllocatedShapes(TorchDispatchMode):
+        """The shapes of the new tensors each operation returns (views of its inputs do not count)."""
+
+        def __init__(self):
+            super().__init__()
+            self.shapes = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            inputs = torch.utils._pytree.tree_leaves((args, kwargs))
+            storages = {t.untyped_storage().data_ptr() for t in inputs if isinstance(t, torch.Tensor)}
+            for tensor in torch.utils._pytree.tree_leaves(out):
+                if isinstance(tensor, torch.Tensor) and tensor.untyped_storage().data_ptr() not in storages:
+                    self.shapes.add(tuple(tensor.shape))
+            return out
+
+    model = GPT(tiny_config)
+    x = torch.randint(tiny_config.vocab_size, (2, 16))
+    gradient_shapes = {(tiny_config.vocab_size, tiny_config.n_embd), (2 * 16, tiny_config.n_embd)}
+    for grad_enabled in (True, False):
+        recorder = AllocatedShapes()
+        with torch.set_grad_enabled(grad_enabled), recorder:
+            model.chunked_loss(torch.randn(2, 16, tiny_config.n_embd, requires_grad=True), x)
+        assert bool(gradient_shapes & recorder.shapes) == grad_enabled  # with gradients on, the check can see them
 
 
 def test_chunked_loss_follows_bf16_autocast(tiny_config):

@@ -54,6 +54,16 @@ def test_there_are_notebooks():
     assert NOTEBOOKS, f"no numbered notebooks in {NOTEBOOK_DIR}"
 
 
+def test_every_notebook_has_the_same_colab_setup_cell():
+    """One set-up cell, byte for byte: it clones, installs the bare package (Colab keeps its own Jupyter), and puts
+    the clone on sys.path, because the kernel started before the install and would not find the package."""
+    cells = {path.name: code_cells(nbformat.read(path, as_version=4))[0].source for path in NOTEBOOKS}
+    first = cells[NOTEBOOKS[0].name]
+    assert {name: source == first for name, source in cells.items()} == dict.fromkeys(cells, True)
+    assert 'sys.path.insert(0, "/content/shakegpt")' in first
+    assert '"install", "-q", "-e", "/content/shakegpt"]' in first  # no extras such as [lab]
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_has_the_course_shape(path: Path):
     nb = nbformat.read(path, as_version=4)

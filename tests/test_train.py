@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -183,9 +184,13 @@ def test_resume_after_kill_9_continues_exactly(tmp_path, env):
     assert val == [row.get("val_loss") for row in sg.read_metrics(reference / "metrics.jsonl")]
 
 
-def test_crash_during_checkpoint_write_keeps_previous_and_resume_is_exact(tmp_path, in_process_env, monkeypatch):
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])  # fp16: the T4's path, with a GradScaler whose state resumes
+def test_crash_during_checkpoint_write_keeps_previous_and_resume_is_exact(tmp_path, in_process_env, monkeypatch, dtype):
+    # A loss scale high enough to overflow fp16 at first: the scaler skips steps and lowers it, so a resume that
+    # lost the scaler's state would start again from this one and skip other steps.
+    monkeypatch.setattr(torch.amp, "GradScaler", functools.partial(torch.amp.GradScaler, init_scale=2.0**24))
     reference = tmp_path / "reference"
-    sg.train(run_config(reference, dropout=0.1))
+    sg.train(run_config(reference, dropout=0.1, dtype=dtype))
 
     out = tmp_path / "crashed"
     real_save = torch.save
@@ -200,13 +205,17 @@ def test_crash_during_checkpoint_write_keeps_previous_and_resume_is_exact(tmp_pa
 
     monkeypatch.setattr(torch, "save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        sg.train(run_config(out, dropout=0.1))
+        sg.train(run_config(out, dropout=0.1, dtype=dtype))
     monkeypatch.setattr(torch, "save", real_save)
-    assert sg.load_checkpoint(out / "last.pt")["step"] == 6
+    checkpoint = sg.load_checkpoint(out / "last.pt")
+    assert checkpoint["step"] == 6
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    if dtype == "fp16":  # the loss scale has come down from its start: resuming must not reset it
+        assert checkpoint["extra"]["scaler"]["scale"] < 2.0**24
 
-    sg.train(run_config(out, dropout=0.1, resume=True))
+    summary = sg.train(run_config(out, dropout=0.1, dtype=dtype, resume=True))
     assert losses(out) == losses(reference)
+    assert summary["dtype"] == dtype
 
 
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path, env):
@@ -254,7 +263,7 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
             "--batch-size",
             "2",
             "--total-batch",
-            "8",
+            "256",  # tokens: 2 processes x 2 sequences x 32 tokens x 2 micro-steps
             "--out",
             str(double),
         ],
@@ -274,6 +283,57 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
         assert row_b["tokens"] == row_a["tokens"]
         if "val_loss" in row_a:
             assert row_b["val_loss"] == pytest.approx(row_a["val_loss"], abs=1e-5)
+
+
+@pytest.mark.parametrize("batch_size", [64, 3, 1])
+def test_evaluation_is_a_mean_over_tokens_for_any_batch_size(batch_size):
+    """10 windows: one batch of 10 (more asked for than there are), batches of 3, 3, 3 and 1, or ten of 1."""
+    torch.manual_seed(0)
+    model = sg.GPT(sg.GPTConfig(block_size=16, vocab_size=101, n_layer=1, n_head=1, n_embd=16))
+    tokens = torch.randint(101, (10 * 16 + 5,)).numpy().astype("uint16")
+    windows = torch.from_numpy(tokens[: 10 * 16 + 1].astype("int64"))
+    x, y = windows[:-1].view(10, 16), windows[1:].view(10, 16)
+    with torch.no_grad():
+        expected = torch.nn.functional.cross_entropy(model(x)[0].flatten(0, 1), y.flatten()).item()
+    batches = sg.evaluation_windows(tokens, batch_size, 16)
+    measured = sg.evaluate(model, batches, sg.get_precision("cpu", "fp32"), torch.device("cpu"))
+    assert measured == pytest.approx(expected, rel=1e-6)
+
+
+def test_torchrun_with_one_process_trains_through_distributed_data_parallel(tmp_path, env):
+    """One GPU under torchrun takes the DDP path (process group, wrapper, all-reduce), and learns the same."""
+    args = [*TINY, *TINY_SCHEDULE, "--max-steps", "4", "--eval-interval", "2", "--sample-interval", "0"]
+    args += ["--no-tensorboard", "--device", "cpu"]
+    single = cli(["train", *args, "--out", str(tmp_path / "single")], env)
+    assert single.returncode == 0, single.stderr
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "-m"]
+    ddp = subprocess.run(
+        [*launcher, "shakegpt_utils", "train", *args, "--out", str(tmp_path / "ddp")],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert "1 process(es) with DistributedDataParallel" in ddp.stdout
+    assert "DistributedDataParallel" not in single.stdout
+    a, b = sg.read_metrics(tmp_path / "single" / "metrics.jsonl"), sg.read_metrics(tmp_path / "ddp" / "metrics.jsonl")
+    assert [r["loss"] for r in a] == pytest.approx([r["loss"] for r in b], abs=1e-6)
+    assert [r["val_loss"] for r in a if "val_loss" in r] == pytest.approx([r["val_loss"] for r in b if "val_loss" in r])
+
+
+def test_summary_times_the_first_step_apart(tmp_path, in_process_env):
+    summary = sg.train(run_config(tmp_path / "run", max_steps=40, target_loss=9.5, log_interval=2))
+    rows = sg.read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert summary["warmup_s"] > 0 and summary["checkpoint_s"] > 0
+    assert summary["wall_time_s"] == pytest.approx(rows[-1]["elapsed_s"])
+    assert summary["wall_time_s"] > summary["warmup_s"] + summary["time_to_target_s"] - 1e-9
+    assert 0 < summary["time_to_target_s"] < summary["wall_time_s"]
+    # Each row covers the steps since the one before; the first step (the warm-up) is in no row's timing.
+    timed = [row["step"] - before["step"] for before, row in zip([{"step": 1}, *rows[:-1]], rows, strict=True)]
+    step_time = sum(row["dt_ms"] / 1000 * n for row, n in zip(rows, timed, strict=True))
+    assert summary["mean_tok_per_s"] == pytest.approx((summary["steps"] - 1) * 4 * 32 / step_time, rel=1e-6)
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
@@ -314,7 +374,15 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
     [
         (["train", "--preset", "huge"], "unknown preset 'huge'"),
         (["train", "--preset", "tiny", "--seq-len", "65"], "--seq-len 65 is above"),
-        (["train", "--preset", "tiny", "--batch-size", "3", "--total-batch", "8"], "--total-batch 8 is not divisible"),
+        (
+            ["train", "--preset", "tiny", "--batch-size", "3", "--total-batch", "100"],
+            "total_batch / --total-batch 100 tokens is not divisible by batch_size x seq_len x processes = 192",
+        ),
+        (
+            ["train", "--preset", "tiny", "--batch-size", "64", "--total-batch", str(64 * 64 * 200)],
+            "one step of 819,200 tokens is more than two epochs of the 304,222-token training split",
+        ),
+        (["train", "--preset", "tiny", "--batch-size", "5000"], "use --batch-size 4752 at most"),
         (["train", "--corpus", "sonnets"], "unknown corpus 'sonnets'"),
         (["train", "--batch-size", "many"], "invalid int value: 'many'"),
         (["train", "--preset", "tiny", "--dtype", "fp8"], "unknown dtype 'fp8'"),
