@@ -21,6 +21,7 @@ import torch
 
 from shakegpt_utils import (
     GPT,
+    OneLineParser,
     ShakeGPTError,
     encode_prompt,
     first_line,
@@ -152,13 +153,6 @@ def build_app(model: GPT | None, notice: str, concurrency: int = 4) -> gr.Blocks
         event = run.click(make_handler(model, notice), inputs, output, api_name="generate", preprocess=False)
         stop.click(None, cancels=[event])
     return demo.queue(default_concurrency_limit=concurrency, max_size=64)
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a bad command line in one line (no usage dump) and exits with status 2."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def device_arg(name: str) -> torch.device:

@@ -1,10 +1,19 @@
-"""The ShakeGPT helper module: everything the notebooks build, in reusable form, in the order the course teaches.
-
-The code lives in the `shakegpt` package, one file per section (config, model, tokenizer, data, hardware, optim,
-train, sampling, bench, plots, cli), because one file grew past what reads well; this module is the one import
-learners use. `python -m shakegpt_utils train|sample|bench ...` is the command line.
+"""The ShakeGPT helper module: everything the notebooks build, in reusable form, grouped by the notebook that teaches
+it. The code lives in the `shakegpt` package; this file is its table of contents and the one import learners use.
+`python -m shakegpt_utils train|sample|bench ...` is the command line.
 """
 
+from shakegpt.benchmark import BenchSettings, save_bench
+from shakegpt.checkpoint import (
+    load_checkpoint,
+    load_model,
+    model_from_checkpoint,
+    resume_training,
+    save_checkpoint,
+    unwrap_model,
+)
+from shakegpt.chunked_loss import ChunkedLinearCrossEntropy, chunked_cross_entropy
+from shakegpt.cli import OneLineParser, main
 from shakegpt.config import (
     GPT2_VOCAB_SIZE,
     PADDED_VOCAB_SIZE,
@@ -17,113 +26,114 @@ from shakegpt.config import (
     colab_badge,
     first_line,
 )
-from shakegpt.model import GPT, MLP, Block, CausalSelfAttention, KVCache, causal_mask, clean_state_dict, export_hf
-from shakegpt.tokenizer import END_OF_TEXT, get_tokenizer
-from shakegpt.data import (
-    CORPORA,
-    TokenBatches,
-    evaluation_windows,
-    load_corpus,
-    load_tokens,
-    split_tokens,
-    strip_gutenberg,
-)
+from shakegpt.data import CORPORA, TokenBatches, evaluation_windows, load_corpus, load_tokens, split_tokens
 from shakegpt.hardware import (
     Precision,
+    cpu_has_native_bf16,
     describe_device,
     enable_tf32,
     get_device,
     get_precision,
+    gpu_has_native_bf16,
     peak_flops,
     set_seed,
     synchronize,
 )
+from shakegpt.hf import export_hf, from_hf, from_pretrained
+from shakegpt.ladder import Ladder, bench_ladder, plot_ladder
+from shakegpt.memorisation import CorpusIndex, corpus_indexes, memorisation_report
+from shakegpt.model import GPT, MLP, Block, CausalSelfAttention, KVCache, causal_mask
 from shakegpt.optim import configure_optimizer, estimate_mfu, flops_per_token, get_lr
-from shakegpt.checkpoint import load_checkpoint, load_model, model_from_checkpoint, save_checkpoint, unwrap_model
+from shakegpt.peers import bench_generate, bench_peer
+from shakegpt.plots import plot_loss_curves, plot_lr_schedule, save_figure
 from shakegpt.sampling import encode_prompt, generate, generate_stream, sample_text
+from shakegpt.tokenizer import END_OF_TEXT, get_tokenizer
+from shakegpt.train import TrainConfig, default_loss, evaluate, read_metrics, train, train_step
 
 __all__ = [
-    "GPT2_VOCAB_SIZE",
-    "PADDED_VOCAB_SIZE",
-    "PRESETS",
+    # every notebook: set-up, the device it runs on, the smoke switch, figures
+    "SMOKE",
     "PROJECT_ROOT",
     "REPOSITORY_URL",
     "colab_badge",
     "describe_device",
-    "SMOKE",
-    "GPTConfig",
+    "get_device",
+    "cpu_has_native_bf16",
+    "gpu_has_native_bf16",
+    "save_figure",
     "ShakeGPTError",
     "first_line",
-    "GPT",
-    "MLP",
-    "Block",
-    "CausalSelfAttention",
-    "KVCache",
-    "causal_mask",
-    "clean_state_dict",
-    "export_hf",
-    "END_OF_TEXT",
+    # 01 tokenizer: byte-pair encoding, the corpora, the split, the batch loader
     "get_tokenizer",
+    "END_OF_TEXT",
     "CORPORA",
-    "TokenBatches",
-    "evaluation_windows",
     "load_corpus",
     "load_tokens",
     "split_tokens",
-    "strip_gutenberg",
+    "TokenBatches",
+    "evaluation_windows",
+    # 02 attention
+    "causal_mask",
+    "CausalSelfAttention",
+    # 03 transformer block
+    "MLP",
+    "Block",
+    # 04 GPT-2 model, and conversion to and from transformers
+    "GPTConfig",
+    "PRESETS",
+    "GPT2_VOCAB_SIZE",
+    "PADDED_VOCAB_SIZE",
+    "GPT",
+    "from_hf",
+    "from_pretrained",
+    "export_hf",
+    # 05 optimizations: precision, TF32, the chunked loss, the optimizer, the ladder
     "Precision",
-    "enable_tf32",
-    "get_device",
     "get_precision",
-    "peak_flops",
-    "set_seed",
+    "enable_tf32",
     "synchronize",
+    "ChunkedLinearCrossEntropy",
+    "chunked_cross_entropy",
     "configure_optimizer",
-    "estimate_mfu",
     "flops_per_token",
+    "peak_flops",
+    "estimate_mfu",
+    "BenchSettings",
+    "Ladder",
+    "bench_ladder",
+    "plot_ladder",
+    # 06 training: the settings, one step, evaluation, the run, checkpoints, curves
+    "TrainConfig",
+    "default_loss",
     "get_lr",
-    "load_checkpoint",
-    "load_model",
-    "model_from_checkpoint",
+    "set_seed",
+    "train_step",
+    "evaluate",
+    "train",
+    "read_metrics",
+    "plot_loss_curves",
+    "plot_lr_schedule",
     "save_checkpoint",
+    "load_checkpoint",
+    "resume_training",
+    "model_from_checkpoint",
     "unwrap_model",
+    # 07 sampling: generation, the key/value cache, a trained model
+    "KVCache",
     "encode_prompt",
     "generate",
     "generate_stream",
     "sample_text",
-]
-from shakegpt.plots import plot_loss_curves, plot_lr_schedule, save_figure
-from shakegpt.train import TrainConfig, evaluate, read_metrics, train, train_step
-from shakegpt.bench import (
-    BenchSettings,
-    Ladder,
-    bench_generate,
-    bench_ladder,
-    bench_peer,
-    ladder_rungs,
-    plot_ladder,
-    save_bench,
-)
-from shakegpt.cli import main
-
-__all__ += [
-    "plot_loss_curves",
-    "plot_lr_schedule",
-    "save_figure",
-    "TrainConfig",
-    "evaluate",
-    "read_metrics",
-    "train",
-    "train_step",
-    "BenchSettings",
-    "Ladder",
-    "bench_generate",
-    "bench_ladder",
-    "bench_peer",
-    "ladder_rungs",
-    "plot_ladder",
-    "save_bench",
+    "load_model",
+    "CorpusIndex",
+    "corpus_indexes",
+    "memorisation_report",
+    # the command line, and the comparisons with transformers behind the README's numbers
     "main",
+    "OneLineParser",
+    "bench_peer",
+    "bench_generate",
+    "save_bench",
 ]
 
 if __name__ == "__main__":

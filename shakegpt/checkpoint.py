@@ -1,16 +1,19 @@
-"""Checkpoints: everything needed to resume exactly, written atomically and read back with weights_only=True."""
+"""Checkpoints, taught in notebook 06: everything needed to resume a run exactly, written atomically and read back
+with weights_only=True."""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from .config import GPTConfig, ShakeGPTError, first_line
-from .data import TokenBatches, write_atomically
-from .model import GPT, clean_state_dict
+from .data import TokenBatches
+from .files import write_atomically
+from .model import GPT
 
 CHECKPOINT_FORMAT = "shakegpt-checkpoint-1"
 
@@ -20,6 +23,17 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     while hasattr(model, "module") or hasattr(model, "_orig_mod"):
         model = getattr(model, "module", None) or model._orig_mod
     return model
+
+
+def clean_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop the prefixes torch.compile (`_orig_mod.`) and DistributedDataParallel (`module.`) add to names, as in a
+    state dict saved from a wrapped model by other code (nanoGPT's compiled checkpoints, for one)."""
+    cleaned = {}
+    for name, tensor in state.items():
+        while name.startswith(("_orig_mod.", "module.")):
+            name = name.split(".", 1)[1]
+        cleaned[name] = tensor
+    return cleaned
 
 
 def capture_rng() -> dict:
@@ -57,7 +71,7 @@ def save_checkpoint(
     payload = {
         "format": CHECKPOINT_FORMAT,
         "model_config": plain.config.to_dict(),
-        "model": clean_state_dict(plain.state_dict()),
+        "model": plain.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "step": step,
         "rng": capture_rng(),

@@ -1,9 +1,10 @@
-"""Section 1 — configuration: model shapes, named presets, the smoke switch, the error type."""
+"""Configuration: the model's shape and its presets (notebook 04), the smoke switch and the Colab badge (every
+notebook), the error type and the checks of settings that every entry point shares."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 # The GPT-2 tokenizer has 50,257 tokens; anything above that in a padded vocabulary is never a real token.
@@ -30,6 +31,11 @@ def colab_badge(notebook: str) -> str:
 
 class ShakeGPTError(Exception):
     """A user-facing failure: the message says what went wrong and what to do about it."""
+
+
+def option(default, help: str):
+    """A settings field (TrainConfig, BenchSettings) with its help text: the command line's flags are made from them."""
+    return field(default=default, metadata={"help": help})
 
 
 def setting(name: str) -> str:
@@ -66,7 +72,7 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0
     attn_impl: str = "sdpa"  # "sdpa" (flash attention where available) or "manual" (masked softmax)
-    loss_impl: str = "chunked"  # "chunked" (fused, never builds all logits) or "full" (logits then cross-entropy)
+    loss_impl: str = "full"  # "full" (logits, then cross-entropy: the textbook) or "chunked" (never builds all logits)
 
     def __post_init__(self) -> None:
         if self.n_embd % self.n_head:

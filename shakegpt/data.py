@@ -1,23 +1,22 @@
-"""Section 4 — data: the Shakespeare corpora (pinned downloads), a token cache, the split, the batch loader."""
+"""Data, taught in notebook 01: the Shakespeare corpora (pinned downloads), a token cache, the split, the training
+batch loader and the validation windows."""
 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import http.client
 import os
 import re
-import secrets
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import torch
 
 from .config import PROJECT_ROOT, ShakeGPTError, check_choice
+from .files import sha256_of, write_atomically
 from .tokenizer import get_tokenizer
 
 
@@ -78,27 +77,6 @@ CORPORA: dict[str, Corpus] = {
 def get_corpus(name: str) -> Corpus:
     check_choice("corpus", name, CORPORA)
     return CORPORA[name]
-
-
-def sha256_of(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Let `write` fill a new temporary file beside `path`, then rename it: a crash (even kill -9) never leaves a
-    half-written `path`, and a failed write keeps the previous one. Unlike mkstemp's owner-only files, the file
-    gets the permissions the umask gives, so a shared data folder or checkpoint stays readable by the group."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def download_corpus(corpus: Corpus, dest: Path, timeout: float = 60.0) -> bytes:

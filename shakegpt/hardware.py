@@ -1,4 +1,5 @@
-"""Section 5 — device and precision: one place decides what the hardware can do."""
+"""Device and precision, met in notebook 00 and taught in 05: one place decides what the hardware can do (bf16,
+fp16 with a gradient scaler, TF32) and names the device every measurement was made on."""
 
 from __future__ import annotations
 
@@ -51,13 +52,13 @@ def gpu_has_native_bf16(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
 
 
-def enable_tf32(device: torch.device) -> bool:
-    """Let fp32 matrix products use TF32 tensor cores (10-bit mantissa, ~8x faster) on Ampere and newer."""
-    if not gpu_has_native_bf16(device):
-        return False
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    return True
+def enable_tf32(device: torch.device, enabled: bool = True) -> bool:
+    """Let fp32 matrix products use TF32 tensor cores (10-bit mantissa, ~8x faster) on Ampere and newer, or, with
+    enabled=False, switch that off again. Returns whether TF32 is now on."""
+    on = enabled and gpu_has_native_bf16(device)
+    torch.backends.cuda.matmul.allow_tf32 = on
+    torch.backends.cudnn.allow_tf32 = on
+    return on
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Section 6 — optimizer and schedule: AdamW with decoupled weight decay, warmup + cosine, model FLOPs utilisation."""
+"""The optimizer and its schedule, taught in notebooks 05 and 06: AdamW with decoupled weight decay, warmup and a
+cosine decay, and model FLOPs utilisation."""
 
 from __future__ import annotations
 

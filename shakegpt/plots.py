@@ -1,4 +1,5 @@
-"""Section 10 — plots: every figure is saved as PNG and SVG under a stable name."""
+"""Plots for every notebook: each figure is saved as PNG and SVG under a stable name; loss curves and the
+learning-rate schedule for notebook 06."""
 
 from __future__ import annotations
 

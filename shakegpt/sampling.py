@@ -1,4 +1,5 @@
-"""Section 8 — sampling: autoregressive generation with a key/value cache, and a text-in, text-out helper."""
+"""Sampling, taught in notebook 07: autoregressive generation with a key/value cache, and a text-in, text-out
+helper for the command line and the app."""
 
 from __future__ import annotations
 
@@ -70,21 +71,10 @@ def generate_stream(
         model.train(was_training)
 
 
-def generate(
-    model: GPT,
-    idx: torch.Tensor,
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    seed: int | None = None,
-    use_cache: bool = True,
-) -> torch.Tensor:
-    """The prompt `idx` (B, T) followed by `max_new_tokens` generated tokens; seeded runs repeat exactly."""
-    out = torch.empty(idx.size(0), idx.size(1) + max_new_tokens, dtype=torch.long, device=idx.device)
-    out[:, : idx.size(1)] = idx
-    for i, token in enumerate(generate_stream(model, idx, max_new_tokens, temperature, top_k, seed, use_cache)):
-        out[:, idx.size(1) + i] = token[:, 0]
-    return out
+def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, *args, **kwargs) -> torch.Tensor:
+    """The prompt `idx` (B, T) followed by `max_new_tokens` generated tokens; seeded runs repeat exactly. The other
+    arguments are generate_stream's, in its order: temperature, top_k, seed, use_cache."""
+    return torch.cat([idx, *generate_stream(model, idx, max_new_tokens, *args, **kwargs)], dim=1)
 
 
 def encode_prompt(prompt: str, device: torch.device | str, num_samples: int = 1) -> torch.Tensor:

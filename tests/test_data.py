@@ -26,8 +26,8 @@ from shakegpt.data import (
     load_tokens,
     split_tokens,
     strip_gutenberg,
-    write_atomically,
 )
+from shakegpt.files import write_atomically
 from shakegpt.tokenizer import get_tokenizer
 
 # From ../shared/data/MANIFEST.md, which the project's code never reads.

@@ -10,8 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from shakegpt.checkpoint import clean_state_dict
+from shakegpt.chunked_loss import ChunkedLinearCrossEntropy, chunked_cross_entropy
 from shakegpt.config import GPT2_VOCAB_SIZE, PADDED_VOCAB_SIZE, GPTConfig, ShakeGPTError
-from shakegpt.model import GPT, ChunkedLinearCrossEntropy, KVCache, causal_mask, clean_state_dict, export_hf
+from shakegpt.hf import export_hf, from_hf, from_pretrained
+from shakegpt.model import GPT, KVCache, causal_mask
 
 transformers = pytest.importorskip("transformers")
 
@@ -68,7 +71,7 @@ def test_invalid_config_is_refused(changes, message):
 
 
 def test_config_dict_round_trip_ignores_unknown_keys():
-    config = GPTConfig.small(dropout=0.2, attn_impl="manual", loss_impl="full")
+    config = GPTConfig.small(dropout=0.2, attn_impl="manual", loss_impl="chunked")
     assert GPTConfig.from_dict({**config.to_dict(), "from_a_newer_version": 1}) == config
 
 
@@ -125,7 +128,7 @@ def test_gpt2_initialisation_statistics():
 def test_from_hf_matches_transformers_logits_loss_and_gradients(random_hf_gpt2, shape, loss_impl):
     n_layer, n_head, n_embd, n_positions, vocab = shape
     hf = random_hf_gpt2(*shape)
-    ours = GPT.from_hf(hf, loss_impl=loss_impl)
+    ours = from_hf(hf, loss_impl=loss_impl)
     assert ours.config == GPTConfig(
         block_size=n_positions, vocab_size=vocab, n_layer=n_layer, n_head=n_head, n_embd=n_embd, loss_impl=loss_impl
     )
@@ -157,14 +160,14 @@ def test_from_hf_accepts_a_bare_state_dict_with_n_head(random_hf_gpt2):
     state = {k.removeprefix("transformer."): v for k, v in hf.state_dict().items()}
     assert "h.0.attn.c_attn.weight" in state
     with pytest.raises(ShakeGPTError, match="does not say its number of heads: pass n_head="):
-        GPT.from_hf(state)
-    ours = GPT.from_hf(state, n_head=4)
+        from_hf(state)
+    ours = from_hf(state, n_head=4)
     assert (ours.config.n_layer, ours.config.n_head, ours.config.n_embd) == (3, 4, 64)
     idx = torch.randint(257, (2, 32), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert (ours(idx)[0] - hf(idx).logits).abs().max().item() < 1e-4
         # The head count changes the function: with the wrong one the logits differ.
-        wrong = GPT.from_hf(state, n_head=2)
+        wrong = from_hf(state, n_head=2)
         assert (wrong(idx)[0] - hf(idx).logits).abs().max().item() > 1e-2
 
 
@@ -173,7 +176,7 @@ def test_from_hf_refuses_a_different_activation():
         n_layer=1, n_head=1, n_embd=8, n_positions=8, vocab_size=10, activation_function="relu"
     )
     with pytest.raises(ShakeGPTError, match="GPT-2 uses tanh GELU; this model uses 'relu'"):
-        GPT.from_hf(transformers.GPT2LMHeadModel(config))
+        from_hf(transformers.GPT2LMHeadModel(config))
 
 
 def test_from_pretrained_offline_raises_a_clear_error(monkeypatch, tmp_path, no_network):
@@ -185,7 +188,7 @@ def test_from_pretrained_offline_raises_a_clear_error(monkeypatch, tmp_path, no_
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True, raising=False)
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"), raising=False)
     with pytest.raises(ShakeGPTError, match=r"could not load pretrained 'gpt2' from the Hugging Face Hub") as error:
-        GPT.from_pretrained("gpt2")
+        from_pretrained("gpt2")
     assert "(offline, or no such model)" in str(error.value) and "\n" not in str(error.value)
 
 
@@ -208,7 +211,7 @@ def test_export_hf_loads_in_transformers_with_the_same_logits(tmp_path, no_netwo
     assert (ours - theirs).abs().max().item() < 1e-4
     # And back again.
     with torch.no_grad():
-        assert (GPT.from_hf(hf).eval()(idx)[0] - ours).abs().max().item() < 1e-4
+        assert (from_hf(hf).eval()(idx)[0] - ours).abs().max().item() < 1e-4
 
 
 # ---- attention -------------------------------------------------------------------------------------------------
@@ -267,6 +270,28 @@ def test_kv_cache_matches_one_pass(tiny_config, attn_impl):
         torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
         with pytest.raises(ShakeGPTError, match="sequence of 25 tokens is longer than the context of 24"):
             model(idx[:, :1], cache=cache)
+
+
+def test_decoding_logits_follow_every_change_of_the_output_weight(tiny_config):
+    """Without gradients a CPU multiplies by a transposed copy of the output weight; it must never go stale."""
+    torch.manual_seed(0)
+    model = GPT(tiny_config)
+    x = torch.randn(2, 3, tiny_config.n_embd)
+
+    def assert_logits_use_the_current_weight() -> None:
+        with torch.no_grad():
+            fast = model.output_logits(x)
+        torch.testing.assert_close(fast, F.linear(x, model.lm_head.weight.detach()))
+
+    assert_logits_use_the_current_weight()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(1.5)  # in place, as an optimizer step changes it
+    assert_logits_use_the_current_weight()
+    model.load_state_dict(GPT(tiny_config).state_dict())  # copied in place too
+    assert_logits_use_the_current_weight()
+    model.double()  # a new tensor
+    x = x.double()
+    assert_logits_use_the_current_weight()
 
 
 def test_sequence_longer_than_the_context_is_refused(tiny_config):
@@ -354,13 +379,25 @@ def test_chunked_loss_computes_no_gradient_under_no_grad(tiny_config):
     for grad_enabled in (True, False):
         recorder = AllocatedShapes()
         with torch.set_grad_enabled(grad_enabled), recorder:
-            model.chunked_loss(torch.randn(2, 16, tiny_config.n_embd, requires_grad=True), x)
+            hidden = torch.randn(2, 16, tiny_config.n_embd, requires_grad=True)
+            chunked_cross_entropy(hidden, model.lm_head.weight, x, tiny_config.vocab_size)
         assert bool(gradient_shapes & recorder.shapes) == grad_enabled  # with gradients on, the check can see them
+
+
+def test_by_default_the_model_returns_logits_and_their_cross_entropy(tiny_config):
+    """The textbook path, as in notebook 04 and nanoGPT; the chunked loss is a setting training chooses."""
+    torch.manual_seed(0)
+    model = GPT(tiny_config)
+    idx = torch.randint(tiny_config.vocab_size, (2, 17))
+    logits, loss = model(idx[:, :-1], idx[:, 1:])
+    assert logits.shape == (2, 16, tiny_config.vocab_size)
+    torch.testing.assert_close(loss, F.cross_entropy(logits.flatten(0, 1), idx[:, 1:].flatten()))
+    assert GPT(tiny_config.replace(loss_impl="chunked"))(idx[:, :-1], idx[:, 1:])[0] is None
 
 
 def test_chunked_loss_follows_bf16_autocast(tiny_config):
     torch.manual_seed(0)
-    model = GPT(tiny_config)
+    model = GPT(tiny_config.replace(loss_impl="chunked"))
     idx = torch.randint(tiny_config.vocab_size, (4, 33))
     x, y = idx[:, :-1], idx[:, 1:]
     _, fp32 = model(x, y)

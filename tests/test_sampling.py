@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from shakegpt.config import GPT2_VOCAB_SIZE, GPTConfig
+from shakegpt.hf import from_hf
 from shakegpt.model import GPT
 from shakegpt.sampling import encode_prompt, generate, generate_stream, sample_text
 from shakegpt.tokenizer import END_OF_TEXT, get_tokenizer
@@ -40,7 +41,7 @@ def prompt(vocab_size: int, length: int, batch: int = 2, seed: int = 0) -> torch
 def test_greedy_matches_transformers_generate(random_hf_gpt2, use_cache):
     # Large weights, so that greedy decoding wanders through the vocabulary instead of repeating one token.
     hf = random_hf_gpt2(n_layer=2, n_head=4, n_embd=32, n_positions=48, vocab_size=97, seed=3, matrix_std=0.3)
-    ours = GPT.from_hf(hf).eval()
+    ours = from_hf(hf).eval()
     idx = prompt(97, 7)
     expected = hf.generate(
         idx, attention_mask=torch.ones_like(idx), max_new_tokens=41, do_sample=False, pad_token_id=0

@@ -77,7 +77,7 @@ def run_config(out: Path, **changes) -> sg.TrainConfig:
     return sg.TrainConfig(**values)
 
 
-def test_run_writes_everything_the_issue_lists(tmp_path, in_process_env):
+def test_a_run_writes_metrics_checkpoints_samples_summary_and_events(tmp_path, in_process_env):
     out = tmp_path / "run"
     summary = sg.train(run_config(out, dropout=0.1, sample_interval=6, tensorboard=True))
     rows = sg.read_metrics(out / "metrics.jsonl")
@@ -298,6 +298,50 @@ def test_evaluation_is_a_mean_over_tokens_for_any_batch_size(batch_size):
     batches = sg.evaluation_windows(tokens, batch_size, 16)
     measured = sg.evaluate(model, batches, sg.get_precision("cpu", "fp32"), torch.device("cpu"))
     assert measured == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "device, preset, loss, expected",
+    [("cuda", None, None, ("gpt2", "full")), ("cpu", None, None, ("small", "chunked")), ("cuda", "tiny", "chunked",
+      ("tiny", "chunked")), ("mps", "gpt2", None, ("gpt2", "chunked"))],
+)  # fmt: skip
+def test_resolve_picks_the_preset_and_the_loss_for_the_device(device, preset, loss, expected):
+    cfg = sg.TrainConfig(preset=preset, loss=loss).resolve(torch.device(device))
+    assert (cfg.preset, cfg.loss) == expected
+    assert cfg.compile == (device == "cuda")
+    with torch.device("meta"):  # shapes only: the 124M model costs nothing to build there
+        assert train_module.build_model(cfg).config.loss_impl == cfg.loss
+
+
+def test_defaults_follow_the_preset_not_the_device():
+    on_cpu = sg.TrainConfig(preset="gpt2").resolve("cpu")
+    on_gpu = sg.TrainConfig(preset="gpt2").resolve(torch.device("cuda"))
+    assert (on_cpu.max_steps, on_cpu.lr, on_cpu.batch_size) == (on_gpu.max_steps, on_gpu.lr, on_gpu.batch_size)
+    assert (on_cpu.max_steps, on_cpu.batch_size) != (sg.TrainConfig(preset="small").resolve("cpu").max_steps, 8)
+
+
+def test_total_batch_counts_tokens_over_all_processes():
+    cfg = sg.TrainConfig(preset="tiny", batch_size=4, seq_len=32, total_batch=4 * 32 * 2 * 3).resolve("cpu", 2)
+    assert cfg.grad_accum == 3
+
+
+def test_evaluation_runs_the_plain_model_never_the_compiled_one(tmp_path, in_process_env, monkeypatch):
+    """A compiled model called without gradients in eval mode compiles again; evaluation uses the plain model."""
+    calls = []
+
+    class Compiled(torch.nn.Module):  # stands in for torch.compile's wrapper, recording how it is called
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, *args, **kwargs):
+            calls.append((torch.is_grad_enabled(), self.training))
+            return self.model(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", Compiled)
+    summary = sg.train(run_config(tmp_path / "run", compile=True))
+    assert summary["compile"] and summary["best_val_loss"] is not None
+    assert len(calls) == 12 and set(calls) == {(True, True)}  # one call per training step, never for evaluation
 
 
 def test_torchrun_with_one_process_trains_through_distributed_data_parallel(tmp_path, env):

@@ -1,0 +1,191 @@
+"""Our GPT against transformers' GPT-2, with the same weights: the training step (`bench peer`) and greedy decoding
+(`bench generate`). These back the README's numbers; notebook 07 measures the key/value cache the same way."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import matplotlib.pyplot as plt
+import torch
+import torch.nn as nn
+
+from .benchmark import BenchSettings, device_label, fixed_batches, result_header, summarise_times, timed_call
+from .config import GPT2_VOCAB_SIZE, PADDED_VOCAB_SIZE, GPTConfig, ShakeGPTError, check_choice, setting
+from .hardware import DTYPES, auto_dtype, describe_device, get_device, get_precision, set_seed
+from .hf import from_hf, gpt2_config_values
+from .ladder import fused_adamw_problem
+from .optim import configure_optimizer
+from .sampling import generate
+from .train import default_loss, train_step
+
+
+def hf_model(config: GPTConfig) -> nn.Module:
+    """transformers' GPT2LMHeadModel of the same shape (dropout as in `config`), randomly initialised."""
+    try:
+        from transformers import GPT2Config, GPT2LMHeadModel
+    except ImportError as error:
+        raise ShakeGPTError("this benchmark compares with transformers: pip install transformers.") from error
+    values = gpt2_config_values(config, config.vocab_size)
+    return GPT2LMHeadModel(GPT2Config(**values, loss_type="ForCausalLM"))
+
+
+class HFTrainingAdapter(nn.Module):
+    """Lets train_step drive transformers' model: (x, y) in, (None, loss) out, labels shifted inside as HF does."""
+
+    def __init__(self, hf: nn.Module):
+        super().__init__()
+        self.hf = hf
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[None, torch.Tensor]:
+        return None, self.hf(input_ids=x, labels=x).loss
+
+
+def alternate(
+    contestants: dict[str, Callable[[], torch.Tensor]], device: torch.device, rounds: int, warmup: int
+) -> dict[str, list[float]]:
+    """Call every contestant `warmup` times, then `rounds` times each in turn, timing each call."""
+    for fn in contestants.values():
+        for _ in range(warmup):
+            timed_call(fn, device)
+    seconds: dict[str, list[float]] = {name: [] for name in contestants}
+    for _ in range(rounds):
+        for name, fn in contestants.items():
+            seconds[name].append(timed_call(fn, device)[0])
+    return seconds
+
+
+def bench_peer(settings: BenchSettings | None = None, log: Callable[[str], None] = print) -> tuple[dict, plt.Figure]:
+    """Training steps of our GPT and transformers' GPT2LMHeadModel, same shape (vocabulary padded to 50,304), batch
+    and optimizer, timed alternately; at float32 for both, and with our automatic precision against theirs at float32
+    and at ours. Our model trains the way `train` does on this device (its loss)."""
+    device = get_device((settings or BenchSettings()).device)
+    s = (settings or BenchSettings()).resolve(device)
+    log(describe_device(device))
+    set_seed(s.seed)
+    hf = hf_model(s.model_config(vocab_size=PADDED_VOCAB_SIZE, dropout=0.0)).to(device)
+    ours = from_hf(hf, loss_impl=default_loss(device)).to(device)
+    auto = auto_dtype(device)
+    fused = fused_adamw_problem(device) is None
+    batches = fixed_batches(GPT2_VOCAB_SIZE, s.batch_size, s.seq_len_or_context, s.seed)
+    contestants = {}
+    for name, model in (("ours", ours), ("transformers", HFTrainingAdapter(hf))):
+        optimizer = configure_optimizer(model, device_type=device.type, fused=fused)
+        for dtype in dict.fromkeys(("fp32", auto)):
+            precision = get_precision(device, dtype)
+            contestants[f"{name} {dtype}"] = lambda m=model, o=optimizer, p=precision: train_step(
+                m, o, batches, 1, p, device
+            )[0]
+    seconds = alternate(contestants, device, s.steps, s.warmup)
+    tokens = s.batch_size * s.seq_len_or_context
+    rows = [{"name": name, **summarise_times(times, tokens)} for name, times in seconds.items()]
+    result = result_header("peer", device, {**vars(s), "vocab_size": PADDED_VOCAB_SIZE, "fused_adamw": fused})
+    result["rows"] = rows
+    result["ratios"] = peer_ratios(rows, auto)
+    for row in rows:
+        log(f"{row['name']:<20} {row['ms_median']:9.1f} ms/step {row['tokens_per_s']:10.0f} tok/s")
+    for name, ratio in result["ratios"].items():
+        log(f"{name}: x{ratio:.2f}")
+    return result, plot_throughput(result, "training tokens per second")
+
+
+def peer_ratios(rows: list[dict], auto: str) -> dict[str, float]:
+    """Our throughput over transformers': same precision (fp32), our automatic one against their fp32, and both at
+    the automatic precision when it is not fp32."""
+    speed = {row["name"]: row["tokens_per_s"] for row in rows}
+    ratios = {"ours fp32 / transformers fp32": speed["ours fp32"] / speed["transformers fp32"]}
+    ratios[f"ours {auto} (auto) / transformers fp32"] = speed[f"ours {auto}"] / speed["transformers fp32"]
+    if auto != "fp32":
+        ratios[f"ours {auto} / transformers {auto}"] = speed[f"ours {auto}"] / speed[f"transformers {auto}"]
+    return ratios
+
+
+def plot_throughput(result: dict, xlabel: str) -> plt.Figure:
+    """One horizontal bar per contestant, labelled with its throughput, and the ratios in the title."""
+    rows = result["rows"]
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(rows) + 2))
+    ax.barh([row["name"] for row in rows], [row["tokens_per_s"] for row in rows], color="tab:blue")
+    for y, row in enumerate(rows):
+        ax.text(row["tokens_per_s"], y, f" {row['tokens_per_s']:,.1f}", va="center", fontsize=8)
+    ax.set_xlim(right=1.2 * max(row["tokens_per_s"] for row in rows))
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel)
+    ratios = "; ".join(f"{name} x{value:.2f}" for name, value in result["ratios"].items())
+    ax.set_title(f"{device_label(result)}\n{ratios}", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def bench_generate(
+    settings: BenchSettings | None = None, log: Callable[[str], None] = print
+) -> tuple[dict, plt.Figure]:
+    """Greedy decoding of `new_tokens` tokens for one sequence: our model with its key/value cache, without it, and
+    transformers' generate with its cache, all with the same weights; at each precision in `dtype` (default float32,
+    plus bf16 where the device computes it natively)."""
+    device = get_device((settings or BenchSettings()).device)
+    s = (settings or BenchSettings()).resolve(device)
+    config = s.model_config(dropout=0.0)
+    if s.prompt_len + s.new_tokens > config.block_size:
+        raise ShakeGPTError(
+            f"{setting('prompt_len')} + {setting('new_tokens')} = {s.prompt_len + s.new_tokens} is above the model's "
+            f"context of {config.block_size}; transformers' GPT-2 cannot go past it."
+        )
+    dtypes = s.dtype.split(",") if s.dtype else list(dict.fromkeys(("fp32", auto_dtype(device))))
+    log(describe_device(device))
+    set_seed(s.seed)
+    hf = hf_model(config).to(device).eval()
+    prompt = torch.randint(GPT2_VOCAB_SIZE, (1, s.prompt_len), device=device)
+    rows, ratios = [], {}
+    for dtype in dtypes:
+        rows += generation_rows(hf, prompt, s.new_tokens, s.rounds, dtype, device)
+        speed = {row["decoder"]: row["tokens_per_s"] for row in rows if row["dtype"] == dtype}
+        ratios[f"{dtype}: ours cached / transformers generate"] = speed["ours cached"] / speed["transformers generate"]
+        ratios[f"{dtype}: ours cached / ours uncached"] = speed["ours cached"] / speed["ours uncached"]
+    result = result_header("generate", device, {**vars(s), "dtypes": dtypes, "model": config.to_dict()})
+    result["rows"], result["ratios"] = rows, ratios
+    for row in rows:
+        log(f"{row['name']:<28} {row['tokens_per_s']:9.1f} tok/s  same tokens as transformers: {row['same_tokens']}")
+    for name, ratio in ratios.items():
+        log(f"{name}: x{ratio:.2f}")
+    return result, plot_throughput(result, "generated tokens per second (batch 1, greedy)")
+
+
+def generation_rows(
+    hf: nn.Module, prompt: torch.Tensor, new_tokens: int, rounds: int, dtype: str, device: torch.device
+) -> list[dict]:
+    """Time the three decoders with the weights cast to `dtype`, alternating, and check they choose the same tokens
+    as transformers."""
+    check_choice("dtype", dtype, dict.fromkeys(("fp32", auto_dtype(device))))
+    weights_dtype = DTYPES[dtype]
+    ours = from_hf(hf).to(device=device, dtype=weights_dtype).eval()
+    theirs = copy.deepcopy(hf).to(dtype=weights_dtype)
+    decoders = {
+        "ours cached": lambda: generate(ours, prompt, new_tokens, temperature=0),
+        "ours uncached": lambda: generate(ours, prompt, new_tokens, temperature=0, use_cache=False),
+        "transformers generate": lambda: hf_generate(theirs, prompt, new_tokens),
+    }
+    outputs = {name: fn() for name, fn in decoders.items()}  # also the warm-up
+    seconds = alternate(decoders, device, rounds, warmup=0)
+    return [
+        {
+            "name": f"{name} ({dtype})",
+            "decoder": name,
+            "dtype": dtype,
+            **summarise_times(times, new_tokens),
+            "same_tokens": bool(torch.equal(outputs[name], outputs["transformers generate"])),
+        }
+        for name, times in seconds.items()
+    ]
+
+
+def hf_generate(hf: nn.Module, prompt: torch.Tensor, new_tokens: int) -> torch.Tensor:
+    """transformers' greedy generate with its key/value cache, made to produce exactly `new_tokens` tokens."""
+    return hf.generate(
+        prompt,
+        attention_mask=torch.ones_like(prompt),
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        use_cache=True,
+        pad_token_id=GPT2_VOCAB_SIZE - 1,
+    )
