@@ -195,9 +195,9 @@ class TokenBatches:
         mine = self.order[self.position + self.rank * self.batch_size :][: self.batch_size]
         self.position += per_step
         starts = self.offset + mine * self.seq_len
-        rows = starts[:, None] + torch.arange(self.seq_len + 1)
-        window = self.tokens[rows]
-        return window[:, :-1], window[:, 1:]
+        rows = starts[:, None] + torch.arange(self.seq_len)
+        # Gathered separately, x and y are contiguous: pinning them for a GPU copy needs no extra copy first.
+        return self.tokens[rows], self.tokens[rows + 1]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         while True:

@@ -309,6 +309,7 @@ def test_batches_are_contiguous_windows_and_targets_are_shifted_by_one(shuffle):
         x, y = batches.next_batch()
         assert x.shape == y.shape == (4, 16)
         assert x.dtype == y.dtype == torch.long
+        assert x.is_contiguous() and y.is_contiguous()  # pinned for a GPU without a copy first
         for row_x, row_y in zip(x, y, strict=True):
             start = int(row_x[0])
             assert row_x.tolist() == TOKENS[start : start + 16].tolist()
