@@ -1,8 +1,10 @@
 """ShakeGPT in the browser: a Gradio page that streams Shakespeare-like text from a trained checkpoint.
 
-Run `python app.py --ckpt runs/shakespeare/best.pt` and open http://127.0.0.1:7860. Without --ckpt it uses
-$SHAKEGPT_CKPT, else model.pt beside this file (the Hugging Face Space layout), else runs/shakespeare/best.pt (where
-`python -m shakegpt_utils train` writes); with none of them it serves a page that says how to get one.
+Run `python app.py --ckpt runs/shakespeare/best.pt` and open http://127.0.0.1:7860. --ckpt takes a checkpoint file
+or a folder holding an exported model (config.json + model.safetensors, as `export_hf` writes). Without --ckpt it
+uses $SHAKEGPT_CKPT, else the exported model beside this file (the Space that `python -m shakegpt_utils space`
+writes), else model.pt beside this file, else runs/shakespeare/best.pt (where `python -m shakegpt_utils train`
+writes); with none of them it serves a page that says how to get one.
 """
 
 from __future__ import annotations
@@ -29,10 +31,14 @@ from shakegpt_utils import (
     get_device,
     get_tokenizer,
     load_checkpoint,
+    load_exported,
+    memorisation_line,
     model_from_checkpoint,
 )
 
-SPACE_CHECKPOINT = Path(__file__).resolve().parent / "model.pt"
+APP_FOLDER = Path(__file__).resolve().parent  # in a Space: the exported model's config.json and model.safetensors
+SPACE_CHECKPOINT = APP_FOLDER / "model.pt"
+EXPORTED_FILES = ("config.json", "model.safetensors")
 TRAINED_CHECKPOINT = Path("runs") / "shakespeare" / "best.pt"  # relative to the working directory, like train's --out
 MAX_PROMPT_CHARS = 4000  # the model reads at most its context (block_size tokens) of it anyway
 MAX_NEW_TOKENS, TEMPERATURE_MAX, TOP_K_MAX, MAX_SEED = 1000, 2.0, 500, 2**31 - 1
@@ -60,22 +66,32 @@ def clamp(value: object, low: float, high: float, default: float) -> float:
     return default if math.isnan(number) else min(max(number, low), high)
 
 
+def holds_model(path: Path) -> bool:
+    """Whether `path` is a checkpoint file or a folder with an exported model's two files."""
+    return path.is_file() or (path.is_dir() and all((path / name).is_file() for name in EXPORTED_FILES))
+
+
 def find_checkpoint(ckpt: str | None) -> Path | None:
-    """--ckpt, else $SHAKEGPT_CKPT (either one must then exist), else the first of model.pt beside app.py and
-    runs/shakespeare/best.pt that exists, else None."""
+    """--ckpt, else $SHAKEGPT_CKPT (either one must then exist), else the first that holds a model of: this folder
+    (an exported model beside app.py, as in a Space), model.pt beside app.py and runs/shakespeare/best.pt, else None."""
     chosen = ckpt or os.environ.get("SHAKEGPT_CKPT")
     if chosen:
         return Path(chosen).expanduser()
-    return next((path for path in (SPACE_CHECKPOINT, TRAINED_CHECKPOINT) if path.is_file()), None)
+    return next((path for path in (APP_FOLDER, SPACE_CHECKPOINT, TRAINED_CHECKPOINT) if holds_model(path)), None)
 
 
 def load_for_app(path: Path, device: torch.device) -> tuple[GPT, str]:
-    """The model in `path` on `device`, and one line describing it; ShakeGPTError if the file is unusable."""
-    checkpoint = load_checkpoint(path)
-    model = model_from_checkpoint(checkpoint, device, source=path)
+    """The model in `path` (a checkpoint file, or a folder with an exported model) on `device`, and one line
+    describing it; ShakeGPTError if it is unusable."""
+    if path.is_dir():
+        model, origin = load_exported(path, device), f"{path.name}/{EXPORTED_FILES[1]}"
+    else:
+        checkpoint = load_checkpoint(path)
+        model = model_from_checkpoint(checkpoint, device, source=path)
+        origin = f"{path.name}, step {checkpoint.get('step', '?')}"
     c = model.config
     return model, (
-        f"Model: {path.name}, step {checkpoint.get('step', '?')}, {model.num_params() / 1e6:.1f}M parameters "
+        f"Model: {origin}, {model.num_params() / 1e6:.1f}M parameters "
         f"({c.n_layer} layers, {c.n_head} heads, {c.n_embd} wide), context {c.block_size} tokens, on {device}."
     )
 
@@ -118,6 +134,23 @@ def make_handler(model: GPT | None, notice: str) -> Callable[..., Iterator[str]]
     return generate
 
 
+def memorisation_note(prompt: str | None, text: str | None) -> str:
+    """Below the answer: how much of what the model wrote is copied verbatim from its training text. A model trained
+    until its training loss is tiny recites Shakespeare; this says when it is quoting rather than composing."""
+    prompt = str(prompt or "")[-MAX_PROMPT_CHARS:]
+    written = str(text or "")[len(prompt) :]
+    if not written:
+        return ""
+    try:
+        line = memorisation_line(written)
+    except ShakeGPTError as error:
+        return f"Memorisation check unavailable: {first_line(error)}"
+    return (
+        f"**Quoting or composing?** {line}. A long span copied from the training text means the model is reciting "
+        "lines it memorised; the validation text, which it never saw, shows what chance overlap looks like."
+    )
+
+
 def build_app(model: GPT | None, notice: str, concurrency: int = 4) -> gr.Blocks:
     """The page: prompt and examples, sampling controls, generate and stop buttons, the streamed text; queued, so
     that up to `concurrency` requests generate at once and the rest wait their turn."""
@@ -147,10 +180,12 @@ def build_app(model: GPT | None, notice: str, concurrency: int = 4) -> gr.Blocks
                     run = gr.Button("Generate", variant="primary", elem_id="generate")
                     stop = gr.Button("Stop")
         output = gr.Textbox(label="Text", lines=14, max_lines=40, buttons=["copy"], elem_id="output")
+        memorisation = gr.Markdown(elem_id="memorisation")
         inputs = [prompt, max_new, temperature, top_k, seed]
         # preprocess=False: the handler gets the raw values and clamps them; a slider's own check would refuse an
         # out-of-range value from the API with an error instead.
         event = run.click(make_handler(model, notice), inputs, output, api_name="generate", preprocess=False)
+        event.success(memorisation_note, [prompt, output], memorisation, api_name="memorisation")
         stop.click(None, cancels=[event])
     return demo.queue(default_concurrency_limit=concurrency, max_size=64)
 
@@ -166,7 +201,11 @@ def device_arg(name: str) -> torch.device:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line; host and port default to Gradio's variables (a Space sets them), else 127.0.0.1:7860."""
     parser = OneLineParser(prog="app.py", description="Serve a ShakeGPT checkpoint on a Gradio page.")
-    parser.add_argument("--ckpt", help="checkpoint file (default: $SHAKEGPT_CKPT, model.pt, runs/shakespeare/best.pt)")
+    parser.add_argument(
+        "--ckpt",
+        help="checkpoint file, or folder with config.json + model.safetensors (default: $SHAKEGPT_CKPT, the exported "
+        "model beside app.py, model.pt, runs/shakespeare/best.pt)",
+    )
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), help="default 127.0.0.1")
     parser.add_argument("--port", type=int, default=os.environ.get("GRADIO_SERVER_PORT", "7860"), help="default 7860")
     parser.add_argument("--device", type=device_arg, default="auto", help="cpu, cuda, mps or auto (default)")

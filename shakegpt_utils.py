@@ -1,6 +1,6 @@
 """The ShakeGPT helper module: everything the notebooks build, in reusable form, grouped by the notebook that teaches
 it. The code lives in the `shakegpt` package; this file is its table of contents and the one import learners use.
-`python -m shakegpt_utils train|sample|bench ...` is the command line.
+`python -m shakegpt_utils train|sample|bench|space ...` is the command line.
 """
 
 from shakegpt.benchmark import BenchSettings, save_bench
@@ -39,16 +39,17 @@ from shakegpt.hardware import (
     set_seed,
     synchronize,
 )
-from shakegpt.hf import export_hf, from_hf, from_pretrained
+from shakegpt.hf import export_hf, from_hf, from_pretrained, load_exported
 from shakegpt.ladder import Ladder, bench_ladder, plot_ladder
-from shakegpt.memorisation import CorpusIndex, corpus_indexes, memorisation_report
+from shakegpt.memorisation import CorpusIndex, corpus_indexes, memorisation_line, memorisation_report
 from shakegpt.model import GPT, MLP, Block, CausalSelfAttention, KVCache, causal_mask
 from shakegpt.optim import configure_optimizer, estimate_mfu, flops_per_token, get_lr
 from shakegpt.peers import bench_generate, bench_peer
 from shakegpt.plots import plot_loss_curves, plot_lr_schedule, save_figure
 from shakegpt.sampling import encode_prompt, generate, generate_stream, sample_text
+from shakegpt.space import build_space
 from shakegpt.tokenizer import END_OF_TEXT, get_tokenizer
-from shakegpt.train import TrainConfig, default_loss, evaluate, read_metrics, train, train_step
+from shakegpt.train import MEMORISATION_RUN, TrainConfig, default_loss, evaluate, read_metrics, train, train_step
 
 __all__ = [
     # every notebook: set-up, the device it runs on, the smoke switch, figures
@@ -87,6 +88,7 @@ __all__ = [
     "from_hf",
     "from_pretrained",
     "export_hf",
+    "load_exported",
     # 05 optimizations: precision, TF32, the chunked loss, the optimizer, the ladder
     "Precision",
     "get_precision",
@@ -104,6 +106,7 @@ __all__ = [
     "plot_ladder",
     # 06 training: the settings, one step, evaluation, the run, checkpoints, curves
     "TrainConfig",
+    "MEMORISATION_RUN",
     "default_loss",
     "get_lr",
     "set_seed",
@@ -128,9 +131,11 @@ __all__ = [
     "CorpusIndex",
     "corpus_indexes",
     "memorisation_report",
-    # the command line, and the comparisons with transformers behind the README's numbers
+    "memorisation_line",
+    # the command line, the self-contained Space, and the comparisons with transformers behind the README's numbers
     "main",
     "OneLineParser",
+    "build_space",
     "bench_peer",
     "bench_generate",
     "save_bench",

@@ -1,5 +1,5 @@
-"""The command line: `python -m shakegpt_utils train|sample|bench ...`, a thin layer over the functions. The flags of
-`train` and `bench` are made from the fields of TrainConfig and BenchSettings, so they cannot drift apart."""
+"""The command line: `python -m shakegpt_utils train|sample|bench|space ...`, a thin layer over the functions. The
+flags of `train` and `bench` are made from the fields of TrainConfig and BenchSettings, so they cannot drift apart."""
 
 from __future__ import annotations
 
@@ -49,6 +49,11 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, default=200, help="sample among the k most likely tokens (0: all)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--memorisation",
+        action="store_true",
+        help="after each sample, how much of what the model wrote is copied verbatim from its training text",
+    )
 
 
 def run_train(args: argparse.Namespace) -> None:
@@ -61,19 +66,24 @@ def run_train(args: argparse.Namespace) -> None:
 
 
 def run_sample(args: argparse.Namespace) -> None:
-    from .checkpoint import load_model
+    from .checkpoint import load_checkpoint, model_from_checkpoint
     from .hardware import get_device
+    from .memorisation import memorisation_line
     from .sampling import sample_text
 
     check_at_least("num_samples", args.num_samples, 1)
     for name in ("max_new_tokens", "temperature", "top_k"):
         check_at_least(name, getattr(args, name), 0)
-    model = load_model(args.ckpt, get_device(args.device))
+    checkpoint = load_checkpoint(args.ckpt)
+    model = model_from_checkpoint(checkpoint, get_device(args.device), source=args.ckpt)
     texts = sample_text(
         model, args.prompt, args.max_new_tokens, args.temperature, args.top_k or None, args.seed, args.num_samples
     )
+    corpus = (checkpoint.get("train_config") or {}).get("corpus", "tinyshakespeare")
     for i, text in enumerate(texts):
         print(f"--- sample {i + 1} ---\n{text}\n")
+        if args.memorisation:  # of what the model wrote, not of the prompt
+            print(f"memorisation: {memorisation_line(text[len(args.prompt) :], corpus)}\n")
 
 
 def run_bench(args: argparse.Namespace) -> None:
@@ -89,6 +99,14 @@ def run_bench(args: argparse.Namespace) -> None:
     save_bench(*benchmark(settings), settings.out)
 
 
+def run_space(args: argparse.Namespace) -> None:
+    from .space import build_space, folder_size, upload_command
+
+    out = build_space(args.ckpt, args.out)
+    print(f"wrote the Space to {out}: {folder_size(out) / 1e6:.1f} MB")
+    print(f"upload it with: {upload_command(out)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .benchmark import BenchSettings
     from .train import TrainConfig
@@ -100,10 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="measure training and generation speed")
     bench.add_argument("which", choices=("ladder", "peer", "generate"), help="what to measure")
     add_dataclass_arguments(bench, BenchSettings)
+    space = commands.add_parser("space", help="write a self-contained Hugging Face Space for a checkpoint")
+    space.add_argument("--ckpt", required=True, help="checkpoint file, e.g. runs/shakespeare/best.pt")
+    space.add_argument("--out", required=True, help="folder to write the Space into (new or empty)")
     return parser
 
 
-COMMANDS = {"train": run_train, "sample": run_sample, "bench": run_bench}
+COMMANDS = {"train": run_train, "sample": run_sample, "bench": run_bench, "space": run_space}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,5 @@
 """Conversion to and from Hugging Face transformers, taught in notebook 04: OpenAI's GPT-2 weights into our GPT, and
-our trained model out in the format GPT2LMHeadModel.from_pretrained reads (what a Space serves)."""
+our trained model out in the format GPT2LMHeadModel.from_pretrained reads (what a Space serves), and back in."""
 
 from __future__ import annotations
 
@@ -7,9 +7,14 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
+import torch
+
 from .checkpoint import clean_state_dict
 from .config import GPTConfig, ShakeGPTError, first_line
 from .model import GPT
+
+# The two files of an exported model: transformers' GPT-2 config and the weights (safetensors: no pickle to trust).
+EXPORTED_FILES = ("config.json", "model.safetensors")
 
 # transformers' GPT-2 stores these weights as Conv1D, (in, out): the transpose of nn.Linear's (out, in).
 HF_CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -101,8 +106,41 @@ def export_hf(model: GPT, folder: str | Path) -> Path:
         if name == "transformer.wte.weight":
             tensor = tensor[:n_tokens]
         tensors[name] = tensor.contiguous()
-    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    config_file, weights_file = (folder / name for name in EXPORTED_FILES)
+    save_file(tensors, str(weights_file), metadata={"format": "pt"})
     hf_config = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_ctx": model.config.block_size}
     hf_config |= gpt2_config_values(model.config, n_tokens) | {"torch_dtype": "float32"}
-    (folder / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+    config_file.write_text(json.dumps(hf_config, indent=2) + "\n")
     return folder
+
+
+def load_exported(folder: str | Path, device: str | torch.device = "cpu") -> GPT:
+    """Our GPT, on `device` and in eval mode, from a folder `export_hf` wrote (config.json + model.safetensors):
+    the format a Space serves, read without unpickling anything. ShakeGPTError, naming the folder, when the files
+    are missing, unreadable, not GPT-2, or disagree with each other."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    missing = [name for name in EXPORTED_FILES if not (folder / name).is_file()]
+    if missing:
+        raise ShakeGPTError(
+            f"no exported model at {folder}: it needs {' and '.join(EXPORTED_FILES)} (missing: {', '.join(missing)}); "
+            "write one with export_hf or `python -m shakegpt_utils space`."
+        )
+    try:
+        config = json.loads((folder / "config.json").read_text())
+        if config.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
+            raise ShakeGPTError(f"GPT-2 uses tanh GELU; this model uses {config['activation_function']!r}.")
+        model = from_hf(load_file(folder / "model.safetensors"), n_head=config["n_head"])
+        check_exported_shape(model.config, config)
+    except Exception as error:  # a broken folder fails in many ways: JSON, safetensors, missing or misshapen weights
+        raise ShakeGPTError(f"{folder} does not hold a usable exported model: {first_line(error)}") from error
+    return model.to(device).eval()
+
+
+def check_exported_shape(ours: GPTConfig, config: dict) -> None:
+    """Refuse a config.json whose shape differs from the weights beside it: one of the two files is not the other's."""
+    expected = gpt2_config_values(ours, ours.vocab_size)
+    for key in ("vocab_size", "n_positions", "n_embd", "n_layer"):
+        if key in config and config[key] != expected[key]:
+            raise ShakeGPTError(f"config.json says {key}={config[key]} but the weights have {expected[key]}.")

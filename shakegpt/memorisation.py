@@ -199,3 +199,16 @@ def corpus_indexes(
     a generated text is compared with the training text and, as a control, with text the model never saw."""
     train, validation = split_tokens(load_tokens(corpus, cache_dir))
     return CorpusIndex(train), CorpusIndex(validation)
+
+
+def memorisation_line(text: str, corpus: str = "tinyshakespeare") -> str:
+    """One line for a generated text: its longest verbatim span and n-gram overlap with the training text, and the
+    same against the validation text as a control (a model that learned Shakespeare scores alike on both; one that
+    memorised scores far higher on the text it trained on)."""
+    train_index, validation_index = corpus_indexes(corpus)
+    train, control = memorisation_report(text, train_index), memorisation_report(text, validation_index)
+    return (
+        f"longest span copied from the training text: {train['longest_span_tokens']} tokens "
+        f"({train['longest_span_chars']} characters), {train['n']}-grams found there: {train['ngram_overlap']:.0%} | "
+        f"validation text (never trained on): {control['longest_span_tokens']} tokens, {control['ngram_overlap']:.0%}"
+    )

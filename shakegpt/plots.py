@@ -26,43 +26,41 @@ def save_figure(fig: plt.Figure, name: str, folder: str | Path | None = None) ->
     return paths
 
 
-def plot_loss_curves(metrics: list[dict], target_loss: float | None = None, title: str = "") -> plt.Figure:
-    """Training and validation loss against optimizer steps (bottom axis) and tokens seen (top axis); the best
-    validation point and the target loss are marked, so overfitting shows where the two curves part."""
+def plot_loss_curves(
+    metrics: list[dict], target_loss: float | None = None, title: str = "", log_scale: bool = True
+) -> plt.Figure:
+    """Training and validation loss against optimizer steps (bottom axis) and tokens seen (top axis). The gap
+    between the curves is shaded, the best validation point (where best.pt comes from) and the step where the
+    training loss first fell below the target are marked, so overfitting shows where the two curves part. A linear
+    axis (log_scale=False) shows a run that memorises down to a small target."""
     fig, ax = plt.subplots(figsize=(8, 4.5))
     steps = [row["step"] for row in metrics]
-    ax.plot(steps, [row["loss"] for row in metrics], label="train", color="tab:blue", lw=1.2)
+    train = [row["loss"] for row in metrics]
+    ax.plot(steps, train, label="train", color="tab:blue", lw=1.2)
     evals = [row for row in metrics if row.get("val_loss") is not None]
     if evals:
-        ax.plot(
-            [r["step"] for r in evals],
-            [r["val_loss"] for r in evals],
-            "o-",
-            label="validation",
-            color="tab:orange",
-            ms=3,
-            lw=1.2,
-        )
+        eval_steps, val = [r["step"] for r in evals], [r["val_loss"] for r in evals]
+        ax.plot(eval_steps, val, "o-", label="validation", color="tab:orange", ms=3, lw=1.2)
+        train_at_evals = [r["loss"] for r in evals]
+        ax.fill_between(eval_steps, train_at_evals, val, color="tab:orange", alpha=0.12, label="gap (overfitting)")
         best = min(evals, key=lambda r: r["val_loss"])
-        ax.scatter(
-            [best["step"]],
-            [best["val_loss"]],
-            s=80,
-            facecolors="none",
-            edgecolors="black",
-            zorder=5,
-            label=f"best validation {best['val_loss']:.3f} (step {best['step']})",
-        )
+        ax.scatter([best["step"]], [best["val_loss"]], s=80, facecolors="none", edgecolors="black", zorder=5,
+                   label=f"best validation {best['val_loss']:.3f} at step {best['step']}: best.pt")  # fmt: skip
     if target_loss is not None:
         ax.axhline(target_loss, color="tab:green", ls="--", lw=1, label=f"target train loss {target_loss}")
         reached = next((row for row in metrics if row["loss"] < target_loss), None)
         if reached:
-            ax.axvline(reached["step"], color="tab:green", ls=":", lw=1)
+            ax.axvline(
+                reached["step"], color="tab:green", ls=":", lw=1, label=f"below target at step {reached['step']}"
+            )
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("cross-entropy loss (nats per token)")
-    ax.set_yscale("log")
+    if log_scale:
+        ax.set_yscale("log")
+    else:
+        ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3, which="both")
-    ax.legend()
+    ax.legend(fontsize=8)
     if metrics and metrics[-1].get("tokens") and metrics[-1]["step"]:
         tokens_per_step = metrics[-1]["tokens"] / metrics[-1]["step"]
         top = ax.secondary_xaxis(

@@ -25,7 +25,8 @@ import torch
 import yaml
 
 from shakegpt.checkpoint import load_model, save_checkpoint
-from shakegpt.config import REPOSITORY_URL, GPTConfig
+from shakegpt.config import GPTConfig
+from shakegpt.memorisation import corpus_indexes, memorisation_line, memorisation_report
 from shakegpt.model import GPT
 from shakegpt.sampling import sample_text
 
@@ -206,6 +207,20 @@ def test_max_new_tokens_is_bounded(model: GPT, monkeypatch: pytest.MonkeyPatch):
     assert texts[-1] == sample_text(model, "HAMLET:", 6, temperature=1.0, top_k=None, seed=3)[0]
 
 
+def test_the_memorisation_note_measures_what_the_model_wrote(monkeypatch, tmp_path):
+    monkeypatch.setenv("SHAKEGPT_CACHE_DIR", str(tmp_path))  # the token cache of this test, not the repository's
+    corpus_indexes.cache_clear()
+    try:
+        quoted = "First Citizen:\nBefore we proceed any further, hear me speak."  # the training text's first lines
+        note = app.memorisation_note("Hello world: tell to", "Hello world: tell to" + quoted)
+        report = memorisation_report(quoted, corpus_indexes()[0])
+        assert note.startswith("**Quoting or composing?**") and memorisation_line(quoted) in note
+        assert report["longest_span_tokens"] == report["tokens"] > 10  # all of it, copied
+        assert app.memorisation_note("ROMEO:", "ROMEO:") == ""  # nothing written, nothing to measure
+    finally:
+        corpus_indexes.cache_clear()
+
+
 @pytest.mark.parametrize(
     ("value", "expected"),
     [(5, 2.0), (-1, 0.0), (1.5, 1.5), ("1.25", 1.25), (float("inf"), 2.0), (float("nan"), 0.7), (None, 0.7)]
@@ -306,5 +321,5 @@ def test_space_metadata_and_requirements():
     metadata = yaml.safe_load(front_matter)
     assert metadata["sdk"] == "gradio" and metadata["app_file"] == "app.py"
     assert int(str(metadata["sdk_version"]).split(".")[0]) >= 5  # the Gradio API app.py is written for
-    requirements = ROOT.joinpath("space", "requirements.txt").read_text().splitlines()
-    assert f"shakegpt @ git+{REPOSITORY_URL}@main" in requirements  # the project itself, from its repository
+    requirements = ROOT.joinpath("space", "requirements.txt").read_text()
+    assert "git+" not in requirements  # the Space carries the project's code itself (tests/test_space.py)

@@ -344,6 +344,28 @@ def test_evaluation_runs_the_plain_model_never_the_compiled_one(tmp_path, in_pro
     assert len(calls) == 12 and set(calls) == {(True, True)}  # one call per training step, never for evaluation
 
 
+def test_train_tokens_trains_on_a_slice_and_keeps_the_whole_validation_split(tmp_path, in_process_env, monkeypatch):
+    trained_on, validated_on = [], []
+
+    class RecordingBatches(sg.TokenBatches):
+        def __init__(self, tokens, *args, **kwargs):
+            trained_on.append(tokens.copy())
+            super().__init__(tokens, *args, **kwargs)
+
+    def recording_windows(tokens, *args, **kwargs):
+        validated_on.append(tokens.copy())
+        return sg.evaluation_windows(tokens, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "TokenBatches", RecordingBatches)
+    monkeypatch.setattr(train_module, "evaluation_windows", recording_windows)
+    summary = sg.train(run_config(tmp_path / "slice", train_tokens=2000, max_steps=6))
+    train, validation = sg.split_tokens(sg.load_tokens("tinyshakespeare"))
+    assert [len(tokens) for tokens in trained_on] == [2000]
+    assert (trained_on[0] == train[:2000]).all()
+    assert validated_on and all(len(v) == len(validation) and (v == validation).all() for v in validated_on)
+    assert summary["train_tokens"] == 2000 and summary["config"]["train_tokens"] == 2000
+
+
 def test_torchrun_with_one_process_trains_through_distributed_data_parallel(tmp_path, env):
     """One GPU under torchrun takes the DDP path (process group, wrapper, all-reduce), and learns the same."""
     args = [*TINY, *TINY_SCHEDULE, "--max-steps", "4", "--eval-interval", "2", "--sample-interval", "0"]
@@ -427,6 +449,11 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
             "one step of 819,200 tokens is more than two epochs of the 304,222-token training split",
         ),
         (["train", "--preset", "tiny", "--batch-size", "5000"], "use --batch-size 4752 at most"),
+        (["train", "--train-tokens", "0"], "train_tokens / --train-tokens must be at least 1, not 0."),
+        (
+            ["train", "--train-tokens", "999999999"],
+            "999,999,999 is more than the 304,222 tokens of the tinyshakespeare",
+        ),
         (["train", "--corpus", "sonnets"], "unknown corpus 'sonnets'"),
         (["train", "--batch-size", "many"], "invalid int value: 'many'"),
         (["train", "--preset", "tiny", "--dtype", "fp8"], "unknown dtype 'fp8'"),
@@ -486,3 +513,17 @@ def test_sample_command_prints_seeded_samples_from_a_checkpoint(tmp_path, env):
     expected = sg.sample_text(model.eval(), "JULIET:", 12, 0.8, 200, seed=7, num_samples=2)
     for i, text in enumerate(expected):
         assert f"--- sample {i + 1} ---\n{text}\n" in first.stdout
+    assert "memorisation:" not in first.stdout
+
+    measured = cli([*args, "--memorisation"], env)
+    assert measured.returncode == 0, measured.stderr
+    train_index, validation_index = sg.corpus_indexes("tinyshakespeare")
+    for i, text in enumerate(expected):
+        written = text[len("JULIET:") :]  # what the model wrote, without the prompt
+        on_train = sg.memorisation_report(written, train_index)
+        on_validation = sg.memorisation_report(written, validation_index)
+        line = measured.stdout.split(f"--- sample {i + 1} ---\n{text}\n", 1)[1].split("\n")[1]
+        assert line.startswith("memorisation: longest span copied from the training text: ")
+        assert f"{on_train['longest_span_tokens']} tokens ({on_train['longest_span_chars']} characters)" in line
+        assert f"8-grams found there: {on_train['ngram_overlap']:.0%}" in line
+        assert f"never trained on): {on_validation['longest_span_tokens']} tokens" in line
