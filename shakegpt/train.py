@@ -29,6 +29,7 @@ from .hardware import (
     enable_tf32,
     get_device,
     get_precision,
+    keep_freed_memory,
     peak_flops,
     set_seed,
     synchronize,
@@ -429,6 +430,8 @@ def build_model(cfg: TrainConfig) -> GPT:
 def start_run(requested: TrainConfig, dist_info: Distributed, device: torch.device) -> Run:
     """Resolve the settings, load the data, build model and optimizer, resume if asked, and print the banner."""
     cfg = requested.resolve(device, dist_info.world_size)
+    if device.type == "cpu":
+        keep_freed_memory()
     precision = get_precision(device, cfg.dtype)
     tf32 = enable_tf32(device)
     set_seed(cfg.seed)

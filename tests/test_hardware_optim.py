@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+import subprocess
 import sys
 from pathlib import Path
 
@@ -244,3 +245,34 @@ def test_flops_per_token_and_mfu_by_hand():
     mfu = estimate_mfu(124_439_808, GPTConfig.gpt2(), 1024, tokens_per_second=150_000, peak=312e12)
     assert mfu == pytest.approx(859_885_056 * 150_000 / 312e12)  # about 41% of an A100's bf16 peak
     assert estimate_mfu(124_439_808, GPTConfig.gpt2(), 1024, tokens_per_second=150_000, peak=None) is None
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's allocator settings")
+def test_kept_freed_memory_spares_a_cpu_training_step_its_page_faults():
+    """Training steps of the small model free and reallocate the same large tensors; handed back to the system
+    between steps, they fault in anew every step (tens of thousands of pages), kept they are reused."""
+    script = """
+import resource, sys, torch
+import shakegpt_utils as sg
+from shakegpt.benchmark import fixed_batches
+from shakegpt.hardware import keep_freed_memory
+applied = keep_freed_memory() if sys.argv[1] == "keep" else None
+torch.manual_seed(0)
+model = sg.GPT(sg.GPTConfig.small(vocab_size=sg.PADDED_VOCAB_SIZE, loss_impl="chunked"))
+optimizer, precision = sg.configure_optimizer(model), sg.get_precision("cpu", "fp32")
+batches, cpu = fixed_batches(sg.GPT2_VOCAB_SIZE, 2, 64, 0), torch.device("cpu")
+for _ in range(3):
+    sg.train_step(model, optimizer, batches, 1, precision, cpu)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(3):
+    sg.train_step(model, optimizer, batches, 1, precision, cpu)
+print(applied, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 3)
+"""
+    faults = {}
+    for mode in ("keep", "default"):
+        run = subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True, check=True)
+        applied, per_step = run.stdout.split()
+        assert applied == ("True" if mode == "keep" else "None")
+        faults[mode] = int(per_step)
+    assert faults["default"] > 10_000  # the gradients of the 50,304 x 256 embedding alone are 12,576 pages
+    assert faults["keep"] < faults["default"] / 10
