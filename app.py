@@ -71,6 +71,11 @@ def holds_model(path: Path) -> bool:
     return path.is_file() or (path.is_dir() and all((path / name).is_file() for name in EXPORTED_FILES))
 
 
+def crop_prompt(prompt: str | None) -> str:
+    """The prompt as the model gets it: text (None is empty), its last MAX_PROMPT_CHARS characters."""
+    return str(prompt or "")[-MAX_PROMPT_CHARS:]
+
+
 def find_checkpoint(ckpt: str | None) -> Path | None:
     """--ckpt, else $SHAKEGPT_CKPT (either one must then exist), else the first that holds a model of: this folder
     (an exported model beside app.py, as in a Space), model.pt beside app.py and runs/shakespeare/best.pt, else None."""
@@ -120,7 +125,7 @@ def make_handler(model: GPT | None, notice: str) -> Callable[..., Iterator[str]]
     def generate(prompt: str | None, max_new_tokens: float, temperature: float, top_k: float, seed: float | None):
         if model is None:
             raise gr.Error(notice)
-        prompt = str(prompt or "")[-MAX_PROMPT_CHARS:]
+        prompt = crop_prompt(prompt)
         n = int(clamp(max_new_tokens, 1, MAX_NEW_TOKENS, DEFAULTS["max_new_tokens"]))
         temp = clamp(temperature, 0.0, TEMPERATURE_MAX, DEFAULTS["temperature"])
         k = int(clamp(top_k, 0, TOP_K_MAX, DEFAULTS["top_k"])) or None  # 0: no top-k cut
@@ -137,8 +142,7 @@ def make_handler(model: GPT | None, notice: str) -> Callable[..., Iterator[str]]
 def memorisation_note(prompt: str | None, text: str | None) -> str:
     """Below the answer: how much of what the model wrote is copied verbatim from its training text. A model trained
     until its training loss is tiny recites Shakespeare; this says when it is quoting rather than composing."""
-    prompt = str(prompt or "")[-MAX_PROMPT_CHARS:]
-    written = str(text or "")[len(prompt) :]
+    written = str(text or "")[len(crop_prompt(prompt)) :]
     if not written:
         return ""
     try:

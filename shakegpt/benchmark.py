@@ -21,7 +21,7 @@ import torch
 
 from .config import GPTConfig, ShakeGPTError, check_at_least, option, setting
 from .data import TokenBatches
-from .hardware import describe_device, synchronize, versions
+from .hardware import describe_device, get_device, synchronize, versions
 from .plots import figures_dir, save_figure
 
 
@@ -76,6 +76,13 @@ class BenchSettings:
     @property
     def seq_len_or_context(self) -> int:
         return self.seq_len or self.model_config().block_size
+
+
+def resolve_for_device(settings: BenchSettings | None) -> tuple[BenchSettings, torch.device]:
+    """The settings (the defaults when None) resolved for the device they name, and that device."""
+    settings = settings or BenchSettings()
+    device = get_device(settings.device)
+    return settings.resolve(device), device
 
 
 def timed_call(fn: Callable[[], torch.Tensor], device: torch.device) -> tuple[float, torch.Tensor]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import PROJECT_ROOT, ShakeGPTError, check_choice
+from .config import PROJECT_ROOT, ShakeGPTError, check_choice, setting
 from .files import sha256_of, write_atomically
 from .tokenizer import get_tokenizer
 
@@ -171,7 +171,7 @@ class TokenBatches:
             fits = f"--batch-size {windows // world_size} at most" if windows >= world_size else "a smaller --seq-len"
             raise ShakeGPTError(
                 f"{len(tokens):,} tokens hold {windows} windows of {seq_len} tokens, fewer than the {batch_size} x "
-                f"{world_size} process(es) sequences of one step (batch_size / --batch-size); use {fits}."
+                f"{world_size} process(es) sequences of one step ({setting('batch_size')}); use {fits}."
             )
         self._start_epoch()
 

@@ -17,6 +17,7 @@ from .benchmark import (
     fixed_batches,
     peak_memory_mb,
     reset_peak_memory,
+    resolve_for_device,
     result_header,
     summarise_times,
     timed_call,
@@ -26,7 +27,6 @@ from .hardware import (
     auto_dtype,
     describe_device,
     enable_tf32,
-    get_device,
     get_precision,
     gpu_has_native_bf16,
     peak_flops,
@@ -139,8 +139,7 @@ class Ladder:
     reason, and changes nothing."""
 
     def __init__(self, settings: BenchSettings | None = None, log: Callable[[str], None] = print):
-        self.device = get_device((settings or BenchSettings()).device)
-        self.settings = (settings or BenchSettings()).resolve(self.device)
+        self.settings, self.device = resolve_for_device(settings)
         self.log = log
         self.rungs = ladder_rungs(self.settings.batch_size, self.settings.grad_accum)
         self.rows: dict[str, dict] = {}

@@ -10,9 +10,17 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn as nn
 
-from .benchmark import BenchSettings, device_label, fixed_batches, result_header, summarise_times, timed_call
+from .benchmark import (
+    BenchSettings,
+    device_label,
+    fixed_batches,
+    resolve_for_device,
+    result_header,
+    summarise_times,
+    timed_call,
+)
 from .config import GPT2_VOCAB_SIZE, PADDED_VOCAB_SIZE, GPTConfig, ShakeGPTError, check_choice, setting
-from .hardware import DTYPES, auto_dtype, describe_device, get_device, get_precision, set_seed
+from .hardware import DTYPES, auto_dtype, describe_device, get_precision, set_seed
 from .hf import from_hf, gpt2_config_values
 from .ladder import fused_adamw_problem
 from .optim import configure_optimizer
@@ -59,8 +67,7 @@ def bench_peer(settings: BenchSettings | None = None, log: Callable[[str], None]
     """Training steps of our GPT and transformers' GPT2LMHeadModel, same shape (vocabulary padded to 50,304), batch
     and optimizer, timed alternately; at float32 for both, and with our automatic precision against theirs at float32
     and at ours. Our model trains the way `train` does on this device (its loss)."""
-    device = get_device((settings or BenchSettings()).device)
-    s = (settings or BenchSettings()).resolve(device)
+    s, device = resolve_for_device(settings)
     log(describe_device(device))
     set_seed(s.seed)
     hf = hf_model(s.model_config(vocab_size=PADDED_VOCAB_SIZE, dropout=0.0)).to(device)
@@ -122,8 +129,7 @@ def bench_generate(
     """Greedy decoding of `new_tokens` tokens for one sequence: our model with its key/value cache, without it, and
     transformers' generate with its cache, all with the same weights; at each precision in `dtype` (default float32,
     plus bf16 where the device computes it natively)."""
-    device = get_device((settings or BenchSettings()).device)
-    s = (settings or BenchSettings()).resolve(device)
+    s, device = resolve_for_device(settings)
     config = s.model_config(dropout=0.0)
     if s.prompt_len + s.new_tokens > config.block_size:
         raise ShakeGPTError(

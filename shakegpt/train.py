@@ -190,9 +190,14 @@ def setup_distributed(requested_device: str) -> tuple[Distributed, torch.device]
     return Distributed(dist.get_rank(), dist.get_world_size(), in_group=True), device
 
 
+def in_process_group() -> bool:
+    """Whether this process is one of several (or one) that torchrun started and that joined a process group."""
+    return dist.is_available() and dist.is_initialized()
+
+
 def sum_over_processes(value: torch.Tensor) -> torch.Tensor:
     """The sum of `value` over all processes (itself when running alone)."""
-    if dist.is_available() and dist.is_initialized():
+    if in_process_group():
         value = value.clone()
         dist.all_reduce(value, op=dist.ReduceOp.SUM)
     return value
@@ -242,7 +247,7 @@ def train_step(
         precision.scaler.update()
     else:
         optimizer.step()
-    world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    world_size = dist.get_world_size() if in_process_group() else 1
     return sum_over_processes(loss_sum) / world_size, norm
 
 
@@ -507,7 +512,7 @@ def train(cfg: TrainConfig) -> dict:
         finally:
             run.log.close()
     finally:
-        if dist.is_available() and dist.is_initialized():
+        if in_process_group():
             dist.destroy_process_group()
 
 
