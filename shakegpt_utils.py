@@ -27,6 +27,7 @@ from shakegpt.config import (
     first_line,
 )
 from shakegpt.data import CORPORA, TokenBatches, evaluation_windows, load_corpus, load_tokens, split_tokens
+from shakegpt.exercises import exercise_check
 from shakegpt.hardware import (
     Precision,
     cpu_has_native_bf16,
@@ -64,6 +65,7 @@ __all__ = [
     "save_figure",
     "ShakeGPTError",
     "first_line",
+    "exercise_check",
     # 01 tokenizer: byte-pair encoding, the corpora, the split, the batch loader
     "get_tokenizer",
     "END_OF_TEXT",

@@ -4,6 +4,7 @@ our trained model out in the format GPT2LMHeadModel.from_pretrained reads (what 
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from .model import GPT
 
 # The two files of an exported model: transformers' GPT-2 config and the weights (safetensors: no pickle to trust).
 EXPORTED_FILES = ("config.json", "model.safetensors")
+
+HUB_HOST = "huggingface.co"
 
 # transformers' GPT-2 stores these weights as Conv1D, (in, out): the transpose of nn.Linear's (out, in).
 HF_CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -73,12 +76,18 @@ def from_hf(source, n_head: int | None = None, **overrides) -> GPT:
 
 
 def from_pretrained(name: str = "gpt2", **overrides) -> GPT:
-    """OpenAI's released GPT-2 weights via transformers (downloads from the Hugging Face Hub once)."""
+    """OpenAI's released GPT-2 weights via transformers: from the local cache, else downloaded from the Hugging Face
+    Hub once. Offline, it says so at once instead of waiting out transformers' retries."""
     try:
         from transformers import GPT2LMHeadModel
     except ImportError as error:
         raise ShakeGPTError("from_pretrained needs transformers: pip install transformers.") from error
     try:
+        return from_hf(GPT2LMHeadModel.from_pretrained(name, local_files_only=True), **overrides)
+    except OSError:
+        pass  # not cached yet
+    try:
+        socket.create_connection((HUB_HOST, 443), timeout=5).close()
         hf = GPT2LMHeadModel.from_pretrained(name)
     except OSError as error:
         raise ShakeGPTError(

@@ -192,6 +192,29 @@ def test_from_pretrained_offline_raises_a_clear_error(monkeypatch, tmp_path, no_
     assert "(offline, or no such model)" in str(error.value) and "\n" not in str(error.value)
 
 
+def test_from_pretrained_without_a_network_fails_without_trying_to_download(monkeypatch, no_network):
+    """Offline and not cached: one look in the cache, then a one-line error, never transformers' download retries."""
+    calls = []
+
+    def fake_from_pretrained(name, **kwargs):
+        calls.append(kwargs)
+        raise OSError(f"{name} is not in the cache")
+
+    monkeypatch.setattr(transformers.GPT2LMHeadModel, "from_pretrained", fake_from_pretrained)
+    with pytest.raises(ShakeGPTError, match=r"^could not load pretrained 'gpt2' .*network access is disabled"):
+        from_pretrained("gpt2")
+    assert calls == [{"local_files_only": True}]
+
+
+def test_from_pretrained_uses_the_cache_first(monkeypatch, no_network):
+    config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=8, n_positions=8, vocab_size=10)
+    cached = transformers.GPT2LMHeadModel(config)
+    monkeypatch.setattr(transformers.GPT2LMHeadModel, "from_pretrained", lambda name, **kwargs: cached)
+    model = from_pretrained("gpt2")
+    idx = torch.tensor([[1, 2, 3]])
+    torch.testing.assert_close(model.eval()(idx)[0], cached.eval()(idx).logits)
+
+
 @pytest.mark.parametrize("vocab", [GPT2_VOCAB_SIZE, PADDED_VOCAB_SIZE])
 def test_export_hf_loads_in_transformers_with_the_same_logits(tmp_path, no_network, vocab):
     torch.manual_seed(0)

@@ -9,7 +9,12 @@ The shape of a notebook:
 5. Sections of why (markdown) and how (code), one idea each. A notebook that builds a piece ends by asserting that
    its version and the helper module's give the same outputs on the same input.
 6. Figures are saved with `sg.save_figure(fig, "NN_name")`, NN being the notebook's number: PNG and SVG in figures/.
-Committed notebooks carry the outputs of one real (not smoke) run, top to bottom.
+7. Two to four exercises, each a markdown heading "### Exercise N: what to do", then the learner's cell (it raises
+   NotImplementedError until it is done) and a check cell `with sg.exercise_check("NN", N):` holding the asserts.
+   `notebooks/solutions/NN_solutions.ipynb` has the same headings and check cells, byte for byte, with each
+   learner's cell completed; it has the same first cells (title with its badge, set-up, device line, parameters).
+Committed notebooks, solutions included, carry the outputs of one real (not smoke) run, top to bottom, and no output
+names a folder of the machine that ran it.
 """
 
 from __future__ import annotations
@@ -26,6 +31,10 @@ nbclient = pytest.importorskip("nbclient")
 
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+SOLUTIONS = sorted((NOTEBOOK_DIR / "solutions").glob("[0-9][0-9]_solutions.ipynb"))
+EXERCISE_HEADING = re.compile(r"^### Exercise (\d+): \S")
+# A folder of the machine that ran a notebook (Linux, macOS, Colab, Windows): outputs name paths relative to the project
+ABSOLUTE_PATH = re.compile(r"(?<![\w.~])/(?:home|Users|work|tmp|root|content|mnt|opt|srv|var)/|\b[A-Z]:\\\\")
 DEVICE_LINE = re.compile(r"^(cpu|cuda|mps): .+; torch \S+; autocast \w+$")
 SAVED_FIGURE = re.compile(r"""sg\.save_figure\(\s*\w+\s*,\s*["']([^"']+)["']""")
 CELL_TIMEOUT_S = 120
@@ -46,6 +55,32 @@ def first_output_line(nb: nbformat.NotebookNode) -> str:
     return ""
 
 
+def output_texts(nb: nbformat.NotebookNode) -> list[str]:
+    """Every text the notebook's cells printed or returned."""
+    texts = []
+    for cell in code_cells(nb):
+        for output in cell.get("outputs", []):
+            texts.append(output.get("text", ""))
+            texts.extend(value for kind, value in output.get("data", {}).items() if kind.startswith("text/"))
+    return texts
+
+
+def exercises(nb: nbformat.NotebookNode) -> list[tuple[str, str, str]]:
+    """(heading, the learner's cell, the check cell) of every exercise, in order."""
+    found = []
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "markdown" and EXERCISE_HEADING.match(cell.source):
+            answer, check = (nb.cells[i + 1 : i + 3] + [nbformat.v4.new_markdown_cell()] * 2)[:2]
+            found.append(
+                (cell.source.splitlines()[0], answer.source, check.source if check.cell_type == "code" else "")
+            )
+    return found
+
+
+def solutions_of(path: Path) -> Path:
+    return NOTEBOOK_DIR / "solutions" / f"{path.name[:2]}_solutions.ipynb"
+
+
 def saved_figure_names(nb: nbformat.NotebookNode) -> list[str]:
     return [name for cell in code_cells(nb) for name in SAVED_FIGURE.findall(cell.source)]
 
@@ -57,19 +92,20 @@ def test_there_are_notebooks():
 def test_every_notebook_has_the_same_colab_setup_cell():
     """One set-up cell, byte for byte: it clones, installs the bare package (Colab keeps its own Jupyter), and puts
     the clone on sys.path, because the kernel started before the install and would not find the package."""
-    cells = {path.name: code_cells(nbformat.read(path, as_version=4))[0].source for path in NOTEBOOKS}
+    cells = {path.name: code_cells(nbformat.read(path, as_version=4))[0].source for path in NOTEBOOKS + SOLUTIONS}
     first = cells[NOTEBOOKS[0].name]
     assert {name: source == first for name, source in cells.items()} == dict.fromkeys(cells, True)
     assert 'sys.path.insert(0, "/content/shakegpt")' in first
     assert '"install", "-q", "-e", "/content/shakegpt"]' in first  # no extras such as [lab]
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", NOTEBOOKS + SOLUTIONS, ids=lambda p: p.stem)
 def test_notebook_has_the_course_shape(path: Path):
     nb = nbformat.read(path, as_version=4)
     first = nb.cells[0]
     assert first.cell_type == "markdown" and first.source.startswith("# "), "the first cell must be the title"
-    assert colab_badge(path.name) in first.source, "the first cell must hold sg.colab_badge(<this file's name>)"
+    badge = colab_badge(str(path.relative_to(NOTEBOOK_DIR)))
+    assert badge in first.source, "the first cell must hold sg.colab_badge(<this file's path in notebooks/>)"
 
     colab = code_cells(nb)[0]
     assert '"google.colab" in sys.modules' in colab.source, "the first code cell must be the Colab set-up"
@@ -89,6 +125,36 @@ def test_notebook_has_the_course_shape(path: Path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_has_exercises_and_their_solutions(path: Path):
+    number = path.name[:2]
+    found = exercises(nbformat.read(path, as_version=4))
+    assert 2 <= len(found) <= 4, f"{len(found)} exercises (headings '### Exercise N: ...'); there must be 2 to 4"
+    for n, (heading, answer, check) in enumerate(found, start=1):
+        assert heading.startswith(f"### Exercise {n}: "), f"exercise {n}'s heading is {heading!r}"
+        assert "raise NotImplementedError" in answer, f"exercise {n}: the cell after its heading is the learner's"
+        assert f'with sg.exercise_check("{number}", {n}):' in check, f"exercise {n}: the next cell must check it"
+
+    assert solutions_of(path).is_file(), f"notebooks/solutions/{number}_solutions.ipynb is missing"
+    solved = exercises(nbformat.read(solutions_of(path), as_version=4))
+    assert [heading for heading, _, _ in solved] == [heading for heading, _, _ in found]
+    for n, ((_, _, check), (_, answer, solved_check)) in enumerate(zip(found, solved, strict=True), start=1):
+        assert solved_check == check, f"exercise {n}: the solutions must run the notebook's check cell unchanged"
+        assert "NotImplementedError" not in answer, f"exercise {n} is not solved in the solutions notebook"
+
+
+def test_every_solutions_notebook_belongs_to_a_notebook():
+    numbers = {path.name[:2] for path in NOTEBOOKS}
+    assert [path.name for path in SOLUTIONS if path.name[:2] not in numbers] == []
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS + SOLUTIONS, ids=lambda p: p.stem)
+def test_committed_outputs_name_no_folder_of_the_machine_that_ran_them(path: Path):
+    nb = nbformat.read(path, as_version=4)
+    absolute = [match.group() for text in output_texts(nb) for match in ABSOLUTE_PATH.finditer(text)]
+    assert not absolute, f"outputs name absolute paths ({absolute[:3]}): print them relative to the project"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS + SOLUTIONS, ids=lambda p: p.stem)
 def test_committed_notebook_carries_the_outputs_of_one_run(path: Path):
     nb = nbformat.read(path, as_version=4)
     counts = [cell.execution_count for cell in code_cells(nb)]
@@ -101,7 +167,7 @@ def test_committed_notebook_carries_the_outputs_of_one_run(path: Path):
             assert (PROJECT_ROOT / "figures" / f"{name}{suffix}").is_file(), f"figures/{name}{suffix} is not there"
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", NOTEBOOKS + SOLUTIONS, ids=lambda p: p.stem)
 def test_notebook_runs_in_smoke_mode(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     figures = tmp_path / "figures"
     monkeypatch.setenv("SHAKEGPT_SMOKE", "1")
@@ -109,7 +175,7 @@ def test_notebook_runs_in_smoke_mode(path: Path, tmp_path: Path, monkeypatch: py
     monkeypatch.setenv("SHAKEGPT_CACHE_DIR", str(tmp_path / "cache"))
     nb = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(
-        nb, kernel_name="python3", timeout=CELL_TIMEOUT_S, resources={"metadata": {"path": str(NOTEBOOK_DIR)}}
+        nb, kernel_name="python3", timeout=CELL_TIMEOUT_S, resources={"metadata": {"path": str(path.parent)}}
     )
     client.execute()  # raises CellExecutionError, naming the cell, on the first error
 
@@ -117,3 +183,8 @@ def test_notebook_runs_in_smoke_mode(path: Path, tmp_path: Path, monkeypatch: py
     for name in saved_figure_names(nb):
         for suffix in (".png", ".svg"):
             assert (figures / f"{name}{suffix}").stat().st_size > 0, f"{name}{suffix} was not saved"
+
+    printed = "".join(output_texts(nb))
+    for n in range(1, len(exercises(nb)) + 1):
+        verdict = "correct." if path.parent.name == "solutions" else "not done yet."
+        assert f"Exercise {n}: {verdict}" in printed, f"exercise {n}'s check did not print {verdict!r}"
