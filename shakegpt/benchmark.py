@@ -95,13 +95,16 @@ def timed_call(fn: Callable[[], torch.Tensor], device: torch.device) -> tuple[fl
 
 
 def summarise_times(seconds: list[float], tokens_per_call: int) -> dict:
-    """Median and spread of per-call times in milliseconds, and the throughput at the median."""
+    """Median and spread (fastest and slowest call) of per-call times in milliseconds, and the throughput at the
+    median, at the slowest call (tokens_per_s_min) and at the fastest (tokens_per_s_max)."""
     median = statistics.median(seconds)
     return {
         "ms_median": 1000 * median,
         "ms_min": 1000 * min(seconds),
         "ms_max": 1000 * max(seconds),
         "tokens_per_s": tokens_per_call / median,
+        "tokens_per_s_min": tokens_per_call / max(seconds),
+        "tokens_per_s_max": tokens_per_call / min(seconds),
     }
 
 

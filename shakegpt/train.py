@@ -288,7 +288,11 @@ class RunLog:
         if cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(out / "tensorboard"), purge_step=start_step + 1 if start_step else None)
+            events = out / "tensorboard"
+            if not start_step:  # a fresh run replaces the last one's curves, as it replaces its metrics.jsonl
+                for old in events.glob("events.out.tfevents.*"):
+                    old.unlink()
+            self.writer = SummaryWriter(str(events), purge_step=start_step + 1 if start_step else None)
 
     def print(self, message: str) -> None:
         if self.enabled:

@@ -8,6 +8,8 @@ import json
 import math
 from pathlib import Path
 
+import matplotlib.container
+import matplotlib.pyplot as plt
 import pytest
 import torch
 
@@ -26,9 +28,10 @@ LADDER = [
     "compiled full cross-entropy",
     "vocab 50304",
     "fused AdamW",
-    "larger batch + accumulation",
+    "gradient accumulation",
 ]
-SPEED_KEYS = {"ms_median", "ms_min", "ms_max", "tokens_per_s", "mfu", "peak_memory_mb", "loss", "warmup_s"}
+SPEED_KEYS = {"ms_median", "ms_min", "ms_max", "tokens_per_s", "tokens_per_s_min", "tokens_per_s_max", "mfu"}
+SPEED_KEYS |= {"peak_memory_mb", "loss", "warmup_s"}
 TINY = ["--preset", "tiny", "--batch-size", "1", "--seq-len", "8", "--steps", "2", "--warmup", "0"]
 
 
@@ -62,9 +65,11 @@ def assert_figure(folder: Path, stem: str) -> None:
 
 
 def assert_timing(row: dict, tokens_per_call: int) -> None:
-    """Times ordered and positive, throughput consistent with the median time."""
+    """Times ordered and positive, throughput consistent with the median, slowest and fastest times."""
     assert 0 < row["ms_min"] <= row["ms_median"] <= row["ms_max"]
     assert row["tokens_per_s"] == pytest.approx(tokens_per_call / (row["ms_median"] / 1000))
+    assert row["tokens_per_s_min"] == pytest.approx(tokens_per_call / (row["ms_max"] / 1000))
+    assert row["tokens_per_s_max"] == pytest.approx(tokens_per_call / (row["ms_min"] / 1000))
 
 
 def test_ladder_reports_every_rung_measured_or_skipped_with_a_reason(tmp_path, figures, capsys):
@@ -85,13 +90,16 @@ def test_ladder_reports_every_rung_measured_or_skipped_with_a_reason(tmp_path, f
     assert rows["TF32"]["skipped"] and "TF32" in rows["TF32"]["reason"]
     assert rows["torch.compile"]["skipped"] and "--no-compile" in rows["torch.compile"]["reason"]
     assert rows["compiled full cross-entropy"]["skipped"] and "compile" in rows["compiled full cross-entropy"]["reason"]
-    last = rows["larger batch + accumulation"]
+    last = rows["gradient accumulation"]
     assert not last["skipped"] and not last["features"]["tf32"] and not last["features"]["compile"]
     # Rungs accumulate: the last one has everything that ran below it, plus its own change.
     assert last["features"]["attn_impl"] == "sdpa" and last["features"]["loss_impl"] == "chunked"
     assert last["features"]["vocab_size"] == 50304
-    assert (last["features"]["batch_size"], last["features"]["grad_accum"]) == (2, 3)
-    assert last["tokens_per_step"] == 2 * 8 * 3
+    # Only accumulation changes on the last rung: the micro-batch stays at --batch-size, the step has 3 of them.
+    assert (last["features"]["batch_size"], last["features"]["grad_accum"]) == (1, 3)
+    assert last["tokens_per_step"] == 1 * 8 * 3
+    below = rows["fused AdamW"]
+    assert {**below["features"], "grad_accum": 3} == last["features"]
     assert rows["fp32 baseline"]["speedup"] == 1.0
     assert_figure(figures, "ladder")
     printed = capsys.readouterr().out
@@ -227,3 +235,29 @@ def test_the_training_loss_is_kept_above_its_rung_only_where_training_uses_it(mo
     assert ladder.features_below(above)["loss_impl"] == "chunked"
     ladder.device = torch.device("cuda")  # only the device's type is read here
     assert ladder.features_below(above)["loss_impl"] == "full"
+
+
+def test_the_ladder_figure_draws_each_rung_from_its_slowest_to_its_fastest_step():
+    """The whiskers of each measured rung end at the throughput of its slowest and fastest timed step, the numbers
+    its row records; a skipped rung has a bar of zero and no spread."""
+    from shakegpt.benchmark import summarise_times
+    from shakegpt.ladder import plot_ladder
+
+    rows = []
+    for name, seconds, speedup in [("fast", [0.5, 0.4, 0.7], 2.0), ("slow", [1.0, 0.8, 1.5], 1.0)]:
+        rows.append({"name": name, "skipped": False, "speedup": speedup, **summarise_times(seconds, 1000)})
+    rows.append({"name": "not here", "skipped": True, "reason": "this device cannot"})
+    result = {"rows": rows, "settings": {"preset": "tiny"}, "device": "cpu: test", "device_type": "cpu"}
+    result["torch_threads"] = 1
+    fig = plot_ladder(result)
+    try:
+        ax = fig.axes[0]
+        bars = [patch.get_width() for patch in ax.patches]
+        (errorbars,) = [c for c in ax.containers if isinstance(c, matplotlib.container.ErrorbarContainer)]
+        whiskers = [x for segment in errorbars.lines[2][0].get_segments() for x in (segment[0][0], segment[1][0])]
+    finally:
+        plt.close(fig)
+    assert bars == pytest.approx([1000 / 0.5, 1000 / 1.0, 0])
+    assert whiskers == pytest.approx([1000 / 0.7, 1000 / 0.4, 1000 / 1.5, 1000 / 0.8, 0, 0])
+    recorded = [row[key] for row in rows[:2] for key in ("tokens_per_s_min", "tokens_per_s_max")]
+    assert whiskers[:4] == pytest.approx(recorded)

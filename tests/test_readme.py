@@ -36,6 +36,7 @@ def test_readme_lists_every_notebook():
     assert notebooks, "no notebooks found"
     for name in notebooks:
         assert f"(notebooks/{name})" in readme
+        assert f"(notebooks/solutions/{name[:2]}_solutions.ipynb)" in readme
 
 
 def test_readme_shows_the_space_files_as_they_are():

@@ -127,6 +127,19 @@ def test_a_run_writes_metrics_checkpoints_samples_summary_and_events(tmp_path, i
     assert "sample" in " ".join(events.Tags()["tensors"])
 
 
+def test_a_fresh_run_in_the_same_folder_replaces_the_last_runs_tensorboard_curves(tmp_path, in_process_env):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    sg.train(run_config(out, max_steps=4, eval_interval=4, tensorboard=True))
+    sg.train(run_config(out, max_steps=3, eval_interval=3, tensorboard=True, seed=7))
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    rows = sg.read_metrics(out / "metrics.jsonl")
+    assert [event.step for event in events.Scalars("loss/train")] == [1, 2, 3]
+    assert [event.value for event in events.Scalars("loss/train")] == pytest.approx([row["loss"] for row in rows])
+
+
 def test_target_loss_stops_the_run_and_is_recorded(tmp_path, in_process_env):
     out = tmp_path / "target"
     summary = sg.train(run_config(out, max_steps=40, target_loss=9.5, log_interval=2))
