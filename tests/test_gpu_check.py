@@ -185,7 +185,17 @@ def test_ladder_result_has_every_rung(dry_run: DryRun):
     assert list(dry_run.measured("ladder")["rungs"]) == names
     measured_rows = [row for row in result["rows"] if not row["skipped"]]
     assert measured_rows and all(row["tokens_per_s"] > 0 for row in measured_rows)
-    assert (folder / "bench_ladder_cpu.png").is_file() and not (folder / "bench_ladder_cpu.svg").exists()
+    assert not (folder / "bench_ladder_cpu.png").exists() and not (folder / "bench_ladder_cpu.svg").exists()
+
+
+def test_samples_of_both_checkpoints_with_memorisation(dry_run: DryRun):
+    text = (dry_run.out / "reference" / "samples.txt").read_text()
+    sections = text.split("===== ")[1:]
+    assert [section.split(" =====")[0] for section in sections] == ["last.pt", "best.pt"]
+    for section in sections:
+        assert [f"--- sample {i} ---" in section for i in range(1, 7)] == [True] * 5 + [False]
+        assert section.count(f"\n{gpu_check.SAMPLE_PROMPT}") == 5
+        assert section.count("memorisation: longest span copied from the training text") == 5
 
 
 def test_output_fits_what_the_device_tool_brings_back(dry_run: DryRun):

@@ -7,8 +7,9 @@
 Three sections, each check ending PASS, FAIL or SKIP with the numbers it measured (and, unless PASS, why):
   unit checks  the CUDA code paths: chunked loss vs full logits in fp32/bf16/fp16, train_step with fp16 and bf16,
                DistributedDataParallel with one process, generation, exact resume, no host sync in to_device;
-  reference    `python -m shakegpt_utils train --target-loss 0.1` under a wall-clock limit (OUT/reference/);
-  ladder       `python -m shakegpt_utils bench ladder` (OUT/ladder/).
+  reference    `python -m shakegpt_utils train --target-loss 0.1` under a wall-clock limit, then five samples from
+               "Hello world: tell to" from its last and best checkpoints (OUT/reference/);
+  ladder       `python -m shakegpt_utils bench ladder` (OUT/ladder/: its JSON, from which its figure is drawn).
 The reference run gets up to --reference-minutes; the ladder gets what is left of the budget, so it gains whatever the
 reference run leaves unused by stopping early, and it finds the compiled GPT-2 of that run in the compiler's cache.
 Cut by its limit, the reference run still leaves metrics.jsonl, from which its summary is rebuilt; the ladder writes
@@ -54,6 +55,8 @@ from shakegpt.hardware import versions  # noqa: E402
 from shakegpt.train import to_device  # noqa: E402
 
 TARGET_LOSS = 0.1  # the reference run's --target-loss
+SAMPLE_PROMPT = "Hello world: tell to"  # the reference result's five samples start from it
+SAMPLES_LIMIT_S = 90.0  # for loading a checkpoint and writing five samples
 LOSS_SCALE = 65536.0  # GradScaler's initial scale, applied by hand in the fp16 loss check
 # The chunked loss may differ from the fp32 reference by this fraction of the loss, and its gradients may be at most
 # GRAD_RATIO times as far from the reference's as those of full logits under the same autocast, plus GRAD_FLOOR.
@@ -537,7 +540,8 @@ def check_ladder(device: torch.device, args: argparse.Namespace, sizes: Sizes, o
         *([] if sizes.ladder_compile else ["--no-compile"]),
     ]  # fmt: skip
     finished = run_limited(command, folder / "bench.log", limit_s, subprocess_env(SHAKEGPT_FIGURES_DIR=str(folder)))
-    (folder / f"bench_ladder_{device.type}.svg").unlink(missing_ok=True)  # the PNG shows the same; OUT stays small
+    for suffix in (".png", ".svg"):  # the device tool brings back 8 files: the figure is drawn again from the JSON
+        result_path.with_suffix(suffix).unlink(missing_ok=True)
     measured: dict = dataclasses.asdict(finished)
     if not result_path.is_file():
         reason = "cut by the time limit" if finished.cut_by_time_limit else f"exit status {finished.returncode}"
@@ -603,10 +607,32 @@ def reference_command(args: argparse.Namespace, sizes: Sizes, run_dir: Path) -> 
     return command
 
 
+def write_samples(args: argparse.Namespace, run_dir: Path, samples_path: Path) -> list[str]:
+    """The reference result's five samples from SAMPLE_PROMPT, with their memorisation numbers, from the run's last
+    and best checkpoints (those it wrote) into `samples_path`, one section each; returns what went wrong."""
+    problems = []
+    with samples_path.open("w") as samples:
+        for name in ("last", "best"):
+            checkpoint = run_dir / f"{name}.pt"
+            if not checkpoint.is_file():
+                continue
+            command = [
+                sys.executable, "-m", "shakegpt_utils", "sample", "--ckpt", str(checkpoint), "--prompt", SAMPLE_PROMPT,
+                "--num-samples", "5", "--seed", "1337", "--device", args.device, "--memorisation",
+            ]  # fmt: skip
+            log_path = run_dir / f"samples_{name}.log"
+            finished = run_limited(command, log_path, SAMPLES_LIMIT_S, subprocess_env())
+            samples.write(f"===== {name}.pt =====\n{log_path.read_text(errors='replace')}\n")
+            if finished.returncode != 0:
+                problems.append(f"sampling {name}.pt ended with status {finished.returncode}: {finished.last_line}")
+    return problems
+
+
 def check_reference_run(args: argparse.Namespace, sizes: Sizes, out: Path, limit_s: float) -> Findings:
     """The reference training run under a wall-clock limit, its checkpoints (1.5 GB each for GPT-2) in a temporary
-    folder; summary.json, metrics.jsonl and loss.png are copied to OUT/reference. Every logged loss must be finite
-    and the last below the first; a run cut by the limit is no failure (its summary is rebuilt from the metrics)."""
+    folder; summary.json and metrics.jsonl are copied to OUT/reference, loss.png too, with samples.txt (five samples
+    from each checkpoint). Every logged loss must be finite and the last below the first; a run cut by the limit is
+    no failure (its summary is rebuilt from the metrics)."""
     folder = out / "reference"
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="shakegpt-reference-") as scratch:
@@ -615,6 +641,7 @@ def check_reference_run(args: argparse.Namespace, sizes: Sizes, out: Path, limit
         for name in ("summary.json", "metrics.jsonl", "loss.png"):
             if (Path(scratch) / name).is_file():
                 shutil.copy2(Path(scratch) / name, folder / name)
+        sample_problems = write_samples(args, Path(scratch), folder / "samples.txt")
     measured: dict = dataclasses.asdict(finished)
     if not (folder / "metrics.jsonl").is_file():
         return measured, [f"no metrics.jsonl (exit status {finished.returncode}): {finished.last_line}"]
@@ -630,6 +657,7 @@ def check_reference_run(args: argparse.Namespace, sizes: Sizes, out: Path, limit
     losses = [row["loss"] for row in rows]
     measured.update(first_logged_loss=losses[0], final_train_loss=losses[-1])
     problems = [f"loss {row['loss']} at step {row['step']}" for row in rows if not math.isfinite(row["loss"])]
+    problems += sample_problems
     if not losses[-1] < losses[0]:
         problems.append(f"the logged loss did not fall: {losses[0]:.4f} -> {losses[-1]:.4f}")
     if finished.returncode != 0 and not finished.cut_by_time_limit:
