@@ -12,77 +12,72 @@ import json
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from .config import GPTConfig, ShakeGPTError, check_at_least, option, setting
+from .config import check_at_least, option
 from .data import TokenBatches
-from .hardware import describe_device, get_device, synchronize, versions
+from .hardware import auto_dtype, describe_device, get_device, synchronize, use_threads, versions
 from .plots import figures_dir, save_figure
+from .train import TrainConfig
+
+# The training settings a benchmark reads: which model, which batch, how it runs, where. The others (learning rate,
+# corpus, schedule...) do not change the speed of a step, so the bench command does not offer them.
+TIMED_RUN_FIELDS = (
+    "preset", "n_layer", "n_head", "n_embd", "seq_len", "batch_size", "grad_accum", "dtype", "compile", "device",
+    "threads", "seed",
+)  # fmt: skip
 
 
 @dataclass
-class BenchSettings:
-    """Every setting of the benchmarks; each field is also a `python -m shakegpt_utils bench WHICH --flag`.
-    None means "choose for this device" (see `resolve`)."""
+class BenchSettings(TrainConfig):
+    """What a benchmark times: the steps of the training run its TrainConfig fields describe (TIMED_RUN_FIELDS),
+    and, in the five fields below, how. Each of those is also a `python -m shakegpt_utils bench WHICH --flag`.
+    None means "choose for this device and preset", as for training (see `resolve`)."""
 
-    # the model: a preset, or its shape changed
-    preset: str | None = option(None, "model size: gpt2, small or tiny; default gpt2 on a GPU, small elsewhere")
-    n_layer: int | None = option(None, "layers, instead of the preset's")
-    n_head: int | None = option(None, "attention heads, instead of the preset's")
-    n_embd: int | None = option(None, "width, instead of the preset's")
-    seq_len: int | None = option(None, "tokens per sequence (default: the model's context)")
-    # training steps: ladder and peer
-    batch_size: int | None = option(None, "sequences per training step; default 16 on a GPU, 8 elsewhere")
-    steps: int = option(5, "timed training steps per configuration")
-    warmup: int = option(2, "untimed training steps first, compilation included")
-    grad_accum: int = option(2, "micro-steps per optimizer step on the ladder's last rung")
-    compile: bool = option(True, "try torch.compile on the ladder")
-    # decoding: generate
-    new_tokens: int = option(200, "tokens to generate")
-    prompt_len: int = option(16, "prompt tokens")
-    rounds: int = option(3, "timed rounds per decoder")
-    dtype: str | None = option(None, "precisions, comma-separated (default: fp32 and the device's own)")
-    # where, and what to write
-    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
-    threads: int | None = option(None, "CPU threads for torch (default: torch's choice)")
-    seed: int = option(1337, "random seed of weights and data")
-    out: str | None = option(None, "JSON file, its figure written beside it (default: figures/bench_WHICH_DEVICE.json)")
+    steps: int = option(5, "timed training steps per configuration (ladder, peer)")
+    warmup: int = option(2, "untimed training steps first, compilation included (ladder, peer)")
+    new_tokens: int = option(200, "tokens to generate (generate)")
+    prompt_len: int = option(16, "prompt tokens (generate)")
+    rounds: int = option(3, "timed rounds per decoder (generate)")
 
-    def resolve(self, device: torch.device) -> BenchSettings:
-        """A copy with the preset and batch filled for `device` (the 124M model with 16 x 1,024 on CUDA), after
-        refusing settings that cannot run."""
-        on_gpu = device.type == "cuda"
-        resolved = BenchSettings(**asdict(self))
-        resolved.preset = self.preset or ("gpt2" if on_gpu else "small")
-        resolved.batch_size = self.batch_size or (16 if on_gpu else 8)
-        for name in ("batch_size", "steps", "grad_accum", "new_tokens", "prompt_len", "rounds"):
+    @classmethod
+    def flags(cls) -> list[str]:
+        """The fields the bench command takes as flags: the timed run's, then the benchmark's own."""
+        own = [f.name for f in fields(cls) if f.name not in {g.name for g in fields(TrainConfig)}]
+        return [*TIMED_RUN_FIELDS, *own]
+
+    def to_dict(self) -> dict:
+        """The settings a result file records: those of `flags`."""
+        return {name: getattr(self, name) for name in self.flags()}
+
+    def compared_dtypes(self, device: torch.device) -> list[str]:
+        """float32 and the precision `dtype` asks for ('auto': the device's own), each once: what a comparison with
+        transformers (peer, generate) runs at."""
+        return list(dict.fromkeys(("fp32", auto_dtype(device) if self.dtype == "auto" else self.dtype)))
+
+    def resolve(self, device: torch.device | str = "cpu", world_size: int = 1) -> BenchSettings:
+        """Filled for `device` as a training run is (the 124M model with 16 x 1,024 tokens on CUDA, the small one
+        with 8 x 256 elsewhere), after refusing settings that cannot run."""
+        resolved = super().resolve(device, world_size)
+        for name in ("steps", "new_tokens", "prompt_len", "rounds"):
             check_at_least(name, getattr(resolved, name), 1)
         check_at_least("warmup", resolved.warmup, 0)
-        block_size = resolved.model_config().block_size
-        if resolved.seq_len is not None and not 1 <= resolved.seq_len <= block_size:
-            raise ShakeGPTError(f"{setting('seq_len')} must be in 1..{block_size} for this model, not {self.seq_len}.")
         return resolved
-
-    def model_config(self, **changes) -> GPTConfig:
-        """The preset's config with the shape overrides (n_layer, n_head, n_embd) and `changes` applied."""
-        shape = {name: getattr(self, name) for name in ("n_layer", "n_head", "n_embd") if getattr(self, name)}
-        return GPTConfig.preset(self.preset, **shape, **changes)
-
-    @property
-    def seq_len_or_context(self) -> int:
-        return self.seq_len or self.model_config().block_size
 
 
 def resolve_for_device(settings: BenchSettings | None) -> tuple[BenchSettings, torch.device]:
-    """The settings (the defaults when None) resolved for the device they name, and that device."""
+    """The settings (the defaults when None) resolved for the device they name, and that device; torch uses the
+    number of CPU threads they ask for."""
     settings = settings or BenchSettings()
     device = get_device(settings.device)
-    return settings.resolve(device), device
+    resolved = settings.resolve(device)
+    use_threads(resolved.threads)
+    return resolved, device
 
 
 def timed_call(fn: Callable[[], torch.Tensor], device: torch.device) -> tuple[float, torch.Tensor]:

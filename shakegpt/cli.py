@@ -7,8 +7,6 @@ import argparse
 import dataclasses
 import sys
 
-import torch
-
 from .config import ShakeGPTError, check_at_least
 
 
@@ -24,9 +22,16 @@ def field_type(annotation: str) -> type:
     return {"int": int, "float": float, "str": str, "bool": bool}[annotation.replace(" | None", "").strip()]
 
 
+def flag_fields(settings_class: type) -> list[dataclasses.Field]:
+    """The fields of a settings dataclass that the command line offers: those its `flags()` names, or all."""
+    names = settings_class.flags() if hasattr(settings_class, "flags") else None
+    return [f for f in dataclasses.fields(settings_class) if names is None or f.name in names]
+
+
 def add_dataclass_arguments(parser: argparse.ArgumentParser, settings_class: type) -> None:
-    """One flag per field of `settings_class`: --batch-size for batch_size, --compile/--no-compile for booleans."""
-    for f in dataclasses.fields(settings_class):
+    """One flag per field of `settings_class` (see flag_fields): --batch-size for batch_size, --compile/--no-compile
+    for booleans."""
+    for f in flag_fields(settings_class):
         flag, kind = "--" + f.name.replace("_", "-"), field_type(f.type)
         help_text = f.metadata["help"] + (f" (default: {f.default})" if f.default is not None else "")
         if kind is bool:
@@ -36,8 +41,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, settings_class: typ
 
 
 def settings_from(args: argparse.Namespace, settings_class: type):
-    """The dataclass `settings_class` filled from the parsed flags."""
-    return settings_class(**{f.name: getattr(args, f.name) for f in dataclasses.fields(settings_class)})
+    """The dataclass `settings_class` filled from the parsed flags (its defaults for fields that are no flag)."""
+    return settings_class(**{f.name: getattr(args, f.name) for f in flag_fields(settings_class)})
 
 
 def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
@@ -91,12 +96,8 @@ def run_bench(args: argparse.Namespace) -> None:
     from .ladder import bench_ladder
     from .peers import bench_generate, bench_peer
 
-    settings = settings_from(args, BenchSettings)
-    if settings.threads is not None:
-        check_at_least("threads", settings.threads, 1)
-        torch.set_num_threads(settings.threads)
     benchmark = {"ladder": bench_ladder, "peer": bench_peer, "generate": bench_generate}[args.which]
-    save_bench(*benchmark(settings), settings.out)
+    save_bench(*benchmark(settings_from(args, BenchSettings)), args.out)
 
 
 def run_space(args: argparse.Namespace) -> None:
@@ -118,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="measure training and generation speed")
     bench.add_argument("which", choices=("ladder", "peer", "generate"), help="what to measure")
     add_dataclass_arguments(bench, BenchSettings)
+    bench.add_argument(
+        "--out", help="result file (JSON), its figure beside it (default: figures/bench_WHICH_DEVICE.json)"
+    )
     space = commands.add_parser("space", help="write a self-contained Hugging Face Space for a checkpoint")
     space.add_argument("--ckpt", required=True, help="checkpoint file, e.g. runs/shakespeare/best.pt")
     space.add_argument("--out", required=True, help="folder to write the Space into (new or empty)")

@@ -119,6 +119,12 @@ def keep_freed_memory() -> bool:
     return all(mallopt(option, value) == 1 for option, value in settings)
 
 
+def use_threads(threads: int | None) -> None:
+    """Let torch use `threads` CPU threads for its operations; None leaves torch's own choice."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
 def set_seed(seed: int) -> None:
     """Seed Python's and PyTorch's generators (every device), so CPU runs repeat bit for bit."""
     random.seed(seed)

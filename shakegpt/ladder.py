@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
 import torch
@@ -110,7 +110,7 @@ def fused_adamw_problem(device: torch.device) -> str | None:
 def compile_problem(device: torch.device, compile_allowed: bool) -> str | None:
     """Why torch.compile is not tried here, or None: switched off, no C compiler for the CPU, or Apple's MPS."""
     if not compile_allowed:
-        return "switched off (--no-compile): compiling takes a minute or more, which a quick run cannot afford"
+        return "switched off (--no-compile, the default off CUDA; --compile tries it): compiling takes a minute or more"
     if device.type == "mps":
         return "torch.compile for Apple's MPS is still experimental in PyTorch"
     if device.type == "cpu" and not any(shutil.which(cc) for cc in ("cc", "gcc", "clang", "cl")):
@@ -146,7 +146,9 @@ class Ladder:
     def __init__(self, settings: BenchSettings | None = None, log: Callable[[str], None] = print):
         self.settings, self.device = resolve_for_device(settings)
         self.log = log
-        self.rungs = ladder_rungs(self.settings.batch_size, self.settings.grad_accum)
+        # The last rung accumulates grad_accum micro-steps; at least 2, since a training run's default 1 accumulates
+        # nothing.
+        self.rungs = ladder_rungs(self.settings.batch_size, max(2, self.settings.grad_accum))
         self.rows: dict[str, dict] = {}
 
     def features_below(self, index: int) -> dict:
@@ -210,7 +212,7 @@ class Ladder:
 
     def result(self) -> dict:
         """What was measured so far, with the device, versions and settings."""
-        return {**result_header("ladder", self.device, asdict(self.settings)), "rows": self.ordered_rows()}
+        return {**result_header("ladder", self.device, self.settings.to_dict()), "rows": self.ordered_rows()}
 
     def build(self, features: dict) -> tuple[nn.Module, GPT, torch.optim.Optimizer]:
         """A freshly initialised model (same seed every rung), maybe compiled, and its optimizer. The compiler's
@@ -226,7 +228,7 @@ class Ladder:
 
     def measure(self, features: dict) -> dict:
         """Warm up, then time `steps` optimizer steps of the configuration `features` describes."""
-        s, seq_len = self.settings, self.settings.seq_len_or_context
+        s, seq_len = self.settings, self.settings.seq_len
         runnable, model, optimizer = self.build(features)
         precision = get_precision(self.device, features["dtype"])
         batches = fixed_batches(GPT2_VOCAB_SIZE, features["batch_size"], seq_len, s.seed)
@@ -252,7 +254,7 @@ class Ladder:
         try:
             row.update(skipped=False, **self.measure(features))
         except torch.OutOfMemoryError:
-            tokens = self.settings.seq_len_or_context
+            tokens = self.settings.seq_len
             return f"out of memory at {features['batch_size']} sequences of {tokens} tokens"
         except Exception as error:  # noqa: BLE001  (the compiler raises many types; any of them skips the rung)
             if not features["compile"]:

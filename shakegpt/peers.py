@@ -72,23 +72,23 @@ def bench_peer(settings: BenchSettings | None = None, log: Callable[[str], None]
     set_seed(s.seed)
     hf = hf_model(s.model_config(vocab_size=PADDED_VOCAB_SIZE, dropout=0.0)).to(device)
     ours = from_hf(hf, loss_impl=default_loss(device)).to(device)
-    auto = auto_dtype(device)
+    dtypes = s.compared_dtypes(device)
     fused = fused_adamw_problem(device) is None
-    batches = fixed_batches(GPT2_VOCAB_SIZE, s.batch_size, s.seq_len_or_context, s.seed)
+    batches = fixed_batches(GPT2_VOCAB_SIZE, s.batch_size, s.seq_len, s.seed)
     contestants = {}
     for name, model in (("ours", ours), ("transformers", HFTrainingAdapter(hf))):
         optimizer = configure_optimizer(model, device_type=device.type, fused=fused)
-        for dtype in dict.fromkeys(("fp32", auto)):
+        for dtype in dtypes:
             precision = get_precision(device, dtype)
             contestants[f"{name} {dtype}"] = lambda m=model, o=optimizer, p=precision: train_step(
                 m, o, batches, 1, p, device
             )[0]
     seconds = alternate(contestants, device, s.steps, s.warmup)
-    tokens = s.batch_size * s.seq_len_or_context
+    tokens = s.batch_size * s.seq_len
     rows = [{"name": name, **summarise_times(times, tokens)} for name, times in seconds.items()]
-    result = result_header("peer", device, {**vars(s), "vocab_size": PADDED_VOCAB_SIZE, "fused_adamw": fused})
+    result = result_header("peer", device, {**s.to_dict(), "vocab_size": PADDED_VOCAB_SIZE, "fused_adamw": fused})
     result["rows"] = rows
-    result["ratios"] = peer_ratios(rows, auto)
+    result["ratios"] = peer_ratios(rows, dtypes[-1], s.dtype == "auto")
     for row in rows:
         log(f"{row['name']:<20} {row['ms_median']:9.1f} ms/step {row['tokens_per_s']:10.0f} tok/s")
     for name, ratio in result["ratios"].items():
@@ -96,14 +96,15 @@ def bench_peer(settings: BenchSettings | None = None, log: Callable[[str], None]
     return result, plot_throughput(result, "training tokens per second")
 
 
-def peer_ratios(rows: list[dict], auto: str) -> dict[str, float]:
-    """Our throughput over transformers': same precision (fp32), our automatic one against their fp32, and both at
-    the automatic precision when it is not fp32."""
+def peer_ratios(rows: list[dict], compared: str, automatic: bool) -> dict[str, float]:
+    """Our throughput over transformers': same precision (fp32), ours at the compared precision (the device's own,
+    marked "(auto)", unless --dtype chose it) against their fp32, and both at it when it is not fp32."""
     speed = {row["name"]: row["tokens_per_s"] for row in rows}
     ratios = {"ours fp32 / transformers fp32": speed["ours fp32"] / speed["transformers fp32"]}
-    ratios[f"ours {auto} (auto) / transformers fp32"] = speed[f"ours {auto}"] / speed["transformers fp32"]
-    if auto != "fp32":
-        ratios[f"ours {auto} / transformers {auto}"] = speed[f"ours {auto}"] / speed[f"transformers {auto}"]
+    ours = speed[f"ours {compared}"]
+    ratios[f"ours {compared}{' (auto)' if automatic else ''} / transformers fp32"] = ours / speed["transformers fp32"]
+    if compared != "fp32":
+        ratios[f"ours {compared} / transformers {compared}"] = ours / speed[f"transformers {compared}"]
     return ratios
 
 
@@ -136,7 +137,7 @@ def bench_generate(
             f"{setting('prompt_len')} + {setting('new_tokens')} = {s.prompt_len + s.new_tokens} is above the model's "
             f"context of {config.block_size}; transformers' GPT-2 cannot go past it."
         )
-    dtypes = s.dtype.split(",") if s.dtype else list(dict.fromkeys(("fp32", auto_dtype(device))))
+    dtypes = s.compared_dtypes(device)
     log(describe_device(device))
     set_seed(s.seed)
     hf = hf_model(config).to(device).eval()
@@ -147,7 +148,7 @@ def bench_generate(
         speed = {row["decoder"]: row["tokens_per_s"] for row in rows if row["dtype"] == dtype}
         ratios[f"{dtype}: ours cached / transformers generate"] = speed["ours cached"] / speed["transformers generate"]
         ratios[f"{dtype}: ours cached / ours uncached"] = speed["ours cached"] / speed["ours uncached"]
-    result = result_header("generate", device, {**vars(s), "dtypes": dtypes, "model": config.to_dict()})
+    result = result_header("generate", device, {**s.to_dict(), "dtypes": dtypes, "model": config.to_dict()})
     result["rows"], result["ratios"] = rows, ratios
     for row in rows:
         log(f"{row['name']:<28} {row['tokens_per_s']:9.1f} tok/s  same tokens as transformers: {row['same_tokens']}")

@@ -10,7 +10,7 @@ import os
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -33,6 +33,7 @@ from .hardware import (
     peak_flops,
     set_seed,
     synchronize,
+    use_threads,
     versions,
 )
 from .model import GPT
@@ -47,6 +48,9 @@ class TrainConfig:
     None means "choose for this machine and preset" (see `resolve`)."""
 
     preset: str | None = option(None, "model size: gpt2 (124M), small or tiny; default gpt2 on a GPU, small elsewhere")
+    n_layer: int | None = option(None, "layers, instead of the preset's")
+    n_head: int | None = option(None, "attention heads, instead of the preset's")
+    n_embd: int | None = option(None, "width, instead of the preset's")
     corpus: str = option("tinyshakespeare", "tinyshakespeare or complete")
     train_tokens: int | None = option(None, "train on the first N tokens of the training split only (validation stays)")
     batch_size: int | None = option(None, "sequences per micro-step per process")
@@ -65,6 +69,7 @@ class TrainConfig:
     dtype: str = option("auto", "auto, bf16, fp16 or fp32")
     compile: bool | None = option(None, "torch.compile the model (default: on for CUDA)")
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
+    threads: int | None = option(None, "CPU threads for torch (default: torch's choice)")
     seed: int = option(1337, "random seed: initialisation, data order, dropout")
     eval_interval: int | None = option(None, "steps between validation evaluations")
     eval_batches: int = option(20, "validation batches (of batch_size sequences per process) per evaluation")
@@ -91,12 +96,13 @@ class TrainConfig:
         for name, value in RUN_DEFAULTS[preset].items():
             if values[name] is None:
                 values[name] = value
-        values.update(preset=preset, seq_len=self.seq_len or GPTConfig.preset(preset).block_size)
+        values["preset"] = preset
         values["min_lr"] = values["lr"] / 10 if self.min_lr is None else self.min_lr
         values["compile"] = on_gpu if self.compile is None else self.compile
         values["loss"] = self.loss or default_loss(device)
         check_choice("loss", values["loss"], ("full", "chunked"))
-        cfg = TrainConfig(**values)
+        cfg = replace(self, **values)
+        cfg.seq_len = cfg.model_config().block_size if self.seq_len is None else self.seq_len
         cfg.check()
         if cfg.total_batch is not None:
             cfg.grad_accum = accumulation_for(cfg.total_batch, cfg.batch_size * cfg.seq_len * world_size)
@@ -107,9 +113,10 @@ class TrainConfig:
             check_at_least(name, getattr(self, name), 1)
         check_at_least("ckpt_interval", self.ckpt_interval, 1)
         check_at_least("eval_batches", self.eval_batches, 1)
-        if self.train_tokens is not None:
-            check_at_least("train_tokens", self.train_tokens, 1)
-        block_size = GPTConfig.preset(self.preset).block_size
+        for name in ("train_tokens", "threads"):
+            if getattr(self, name) is not None:
+                check_at_least(name, getattr(self, name), 1)
+        block_size = self.model_config().block_size
         if self.seq_len > block_size:
             raise ShakeGPTError(
                 f"{setting('seq_len')} {self.seq_len} is above the {self.preset} model's context of {block_size}."
@@ -118,6 +125,13 @@ class TrainConfig:
             raise ShakeGPTError(f"{setting('dropout')} must be in [0, 1), not {self.dropout}.")
         if self.lr <= 0 or self.min_lr < 0:
             raise ShakeGPTError(f"{setting('lr')} must be positive and {setting('min_lr')} not negative.")
+
+    def model_config(self, **changes) -> GPTConfig:
+        """The preset's config with the shape set here (n_layer, n_head, n_embd) and `changes` applied."""
+        shape = {
+            name: getattr(self, name) for name in ("n_layer", "n_head", "n_embd") if getattr(self, name) is not None
+        }
+        return GPTConfig.preset(self.preset, **shape, **changes)
 
 
 def default_loss(device: torch.device | str) -> str:
@@ -153,7 +167,7 @@ RUN_DEFAULTS = {
 
 # Memorising a slice on a CPU (notebook 06): the small model reads the first 8,000 training tokens (31 windows of
 # 256) until its training loss is below 0.1, evaluated often enough that the validation minimum and the rise after
-# it show. Measured on 2 cores of an AMD EPYC: validation lowest at step 20, training below 0.1 at step 450, 9.8 min.
+# it show. Measured on 2 cores of an AMD EPYC: validation lowest at step 20, training below 0.1 at step 450, 9.3 min.
 MEMORISATION_RUN = dict(
     preset="small", train_tokens=8000, batch_size=8, seq_len=256, max_steps=500, lr=2e-3, warmup_steps=20,
     eval_interval=10, log_interval=10, ckpt_interval=500, sample_interval=0, target_loss=0.1,
@@ -429,16 +443,17 @@ class Run:
 
 
 def build_model(cfg: TrainConfig) -> GPT:
-    """The model a TrainConfig asks for (its preset, dropout and vocabulary padding)."""
+    """The model a TrainConfig asks for (its preset and shape, dropout and vocabulary padding)."""
     overrides = {"dropout": cfg.dropout, "loss_impl": cfg.loss}
     if cfg.pad_vocab:
         overrides["vocab_size"] = PADDED_VOCAB_SIZE
-    return GPT(GPTConfig.preset(cfg.preset, **overrides))
+    return GPT(cfg.model_config(**overrides))
 
 
 def start_run(requested: TrainConfig, dist_info: Distributed, device: torch.device) -> Run:
     """Resolve the settings, load the data, build model and optimizer, resume if asked, and print the banner."""
     cfg = requested.resolve(device, dist_info.world_size)
+    use_threads(cfg.threads)
     if device.type == "cpu":
         keep_freed_memory()
     precision = get_precision(device, cfg.dtype)

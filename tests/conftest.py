@@ -12,6 +12,7 @@ import http.server
 import ipaddress
 import os
 import socket
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -200,3 +201,19 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(socket.socket, "connect", connect)
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+def end_process(process: subprocess.Popen, grace_s: float = 20) -> None:
+    """Stop a server a test started: SIGTERM, then SIGKILL if it has not ended within `grace_s` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture(scope="session")
+def stop_server() -> Callable[[subprocess.Popen], None]:
+    """end_process, for tests and fixtures that start a server (the app, the Space)."""
+    return end_process

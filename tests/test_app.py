@@ -85,17 +85,6 @@ def start_app(script: Path, cwd: Path, *args: str) -> tuple[subprocess.Popen, st
     pytest.fail(f"app.py did not answer on {url} within {START_TIMEOUT_S} s")
 
 
-def stop_app(process: subprocess.Popen, cwd: Path) -> str:
-    """Stop the app; what it wrote to stderr."""
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-    return (cwd / "stderr.txt").read_text()
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A checkpoint of the tiny preset with its real GPT-2 vocabulary (random weights: only the plumbing matters)."""
@@ -110,14 +99,14 @@ def model(checkpoint: Path) -> GPT:
 
 
 @pytest.fixture(scope="module")
-def server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory, stop_server) -> Iterator[str]:
     """`python app.py --ckpt tiny.pt` on a free loopback port; its address."""
     cwd = tmp_path_factory.mktemp("cwd")
     process, url = start_app(ROOT / "app.py", cwd, "--ckpt", str(checkpoint))
     try:
         yield url
     finally:
-        stop_app(process, cwd)
+        stop_server(process)
 
 
 @pytest.fixture(scope="module")
@@ -260,7 +249,7 @@ def test_checkpoint_search_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert app.find_checkpoint("given.pt") == Path("given.pt")
 
 
-def test_without_a_checkpoint_the_page_says_how_to_train(tmp_path: Path):
+def test_without_a_checkpoint_the_page_says_how_to_train(tmp_path: Path, stop_server):
     script = shutil.copy(ROOT / "app.py", tmp_path / "app.py")  # no model.pt beside it, no runs/ below it
     process, url = start_app(Path(script), tmp_path)
     try:
@@ -270,7 +259,8 @@ def test_without_a_checkpoint_the_page_says_how_to_train(tmp_path: Path):
         with pytest.raises(gradio_client.exceptions.AppError, match="No checkpoint found"):
             generate(local, "ROMEO:", 5, 1.0, 0, 1)
     finally:
-        stderr = stop_app(process, tmp_path)
+        stop_server(process)
+    stderr = (tmp_path / "stderr.txt").read_text()  # start_app sends the app's stderr there
     assert "No checkpoint found. Train one with `python -m shakegpt_utils train`" in stderr
 
 

@@ -162,13 +162,12 @@ def test_generate_decoders_agree_on_the_tokens_and_ratios_follow_the_rows(tmp_pa
     [
         (["ladder", "--steps", "0"], "error: steps / --steps must be at least 1, not 0."),
         (["generate", "--rounds", "0"], "error: rounds / --rounds must be at least 1, not 0."),
-        (
-            ["ladder", "--preset", "tiny", "--seq-len", "65"],
-            "error: seq_len / --seq-len must be in 1..64 for this model",
-        ),
+        (["ladder", "--preset", "tiny", "--seq-len", "65"], "error: seq_len / --seq-len 65 is above the tiny model's"),
+        (["ladder", "--seq-len", "0"], "error: seq_len / --seq-len must be at least 1, not 0."),
         (["peer", "--preset", "huge"], "error: unknown preset 'huge'; choose one of gpt2, small, tiny."),
         (["ladder", "--warmup", "-1"], "error: warmup / --warmup must be at least 0, not -1."),
         (["ladder", "--threads", "0"], "error: threads / --threads must be at least 1, not 0."),
+        (["generate", "--n-head", "0"], "error: n_head / --n-head must be at least 1, not 0."),
         (["generate", "--preset", "tiny", "--new-tokens", "60"], "is above the model's context of 64"),
         (["generate", "--preset", "tiny", "--new-tokens", "4", "--dtype", "fp8"], "error: unknown dtype 'fp8'"),
     ],

@@ -404,7 +404,9 @@ def space_python(space: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def served_space(space_python: Path, space: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def served_space(
+    space_python: Path, space: Path, tmp_path_factory: pytest.TempPathFactory, stop_server
+) -> Iterator[str]:
     """`python app.py` run as a Space runs it: in the Space folder, no arguments, host and port from Gradio's
     variables, an environment without PYTHONPATH or SHAKEGPT_CKPT. The corpora folder is given so that the
     memorisation note reads the training text from disk instead of downloading it."""
@@ -443,12 +445,7 @@ def served_space(space_python: Path, space: Path, tmp_path_factory: pytest.TempP
         assert f"app.py: Model: {space.name}/model.safetensors" in log.read_text()  # the model beside it
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_server(process)
 
 
 def test_the_space_serves_the_checkpoints_text_from_a_fresh_environment(served_space: str, model: sg.GPT):

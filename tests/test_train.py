@@ -39,9 +39,15 @@ def in_process_env(env, monkeypatch) -> None:
     monkeypatch.setenv("SHAKEGPT_CACHE_DIR", env["SHAKEGPT_CACHE_DIR"])
 
 
-def cli(args: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
+def cli(
+    args: list[str], env: dict[str, str], timeout: float = 300, processes: int | None = None
+) -> subprocess.CompletedProcess:
+    """`python -m shakegpt_utils ARGS`, or with `processes` started by torchrun (`--standalone`)."""
+    launcher = [sys.executable, "-m"]
+    if processes is not None:
+        launcher += ["torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", "-m"]
     return subprocess.run(
-        [sys.executable, "-m", "shakegpt_utils", *args],
+        [*launcher, "shakegpt_utils", *args],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -262,30 +268,8 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
     one = cli(["train", *base, "--batch-size", "4", "--grad-accum", "2", "--out", str(single)], env)
     assert one.returncode == 0, one.stderr
     double = tmp_path / "ddp"
-    two = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            "-m",
-            "shakegpt_utils",
-            "train",
-            *base,
-            "--batch-size",
-            "2",
-            "--total-batch",
-            "256",  # tokens: 2 processes x 2 sequences x 32 tokens x 2 micro-steps
-            "--out",
-            str(double),
-        ],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    # --total-batch in tokens: 2 processes x 2 sequences x 32 tokens x 2 micro-steps
+    two = cli(["train", *base, "--batch-size", "2", "--total-batch", "256", "--out", str(double)], env, processes=2)
     assert two.returncode == 0, two.stderr[-3000:]
     assert "2 process(es)" in two.stdout
     assert two.stdout.count("training tiny") == 1  # only rank 0 logs
@@ -385,21 +369,25 @@ def test_torchrun_with_one_process_trains_through_distributed_data_parallel(tmp_
     args += ["--no-tensorboard", "--device", "cpu"]
     single = cli(["train", *args, "--out", str(tmp_path / "single")], env)
     assert single.returncode == 0, single.stderr
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "-m"]
-    ddp = subprocess.run(
-        [*launcher, "shakegpt_utils", "train", *args, "--out", str(tmp_path / "ddp")],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    ddp = cli(["train", *args, "--out", str(tmp_path / "ddp")], env, processes=1)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     assert "1 process(es) with DistributedDataParallel" in ddp.stdout
     assert "DistributedDataParallel" not in single.stdout
     a, b = sg.read_metrics(tmp_path / "single" / "metrics.jsonl"), sg.read_metrics(tmp_path / "ddp" / "metrics.jsonl")
     assert [r["loss"] for r in a] == pytest.approx([r["loss"] for r in b], abs=1e-6)
     assert [r["val_loss"] for r in a if "val_loss" in r] == pytest.approx([r["val_loss"] for r in b if "val_loss" in r])
+
+
+def test_a_run_trains_the_shape_and_threads_it_is_given(tmp_path, in_process_env, monkeypatch):
+    threads = []
+    monkeypatch.setattr(torch, "set_num_threads", threads.append)
+    sg.train(run_config(tmp_path / "run", max_steps=2, n_layer=1, n_head=4, n_embd=32, threads=1))
+    checkpoint = sg.load_checkpoint(tmp_path / "run" / "last.pt")
+    shape = {key: checkpoint["model_config"][key] for key in ("n_layer", "n_head", "n_embd", "block_size")}
+    assert shape == dict(n_layer=1, n_head=4, n_embd=32, block_size=64)  # the rest is the tiny preset's
+    model = sg.model_from_checkpoint(checkpoint, torch.device("cpu"))
+    assert len(model.transformer.h) == 1 and model.lm_head.weight.shape[1] == 32
+    assert threads == [1]
 
 
 def test_summary_times_the_first_step_apart(tmp_path, in_process_env):
@@ -468,6 +456,10 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
             "999,999,999 is more than the 304,222 tokens of the tinyshakespeare",
         ),
         (["train", "--corpus", "sonnets"], "unknown corpus 'sonnets'"),
+        (["train", "--preset", "tiny", "--n-head", "0"], "n_head / --n-head must be at least 1, not 0."),
+        (["train", "--preset", "tiny", "--n-head", "3"], "n_embd=64 must be divisible by n_head=3"),
+        (["train", "--preset", "tiny", "--seq-len", "0"], "seq_len / --seq-len must be at least 1, not 0."),
+        (["train", "--preset", "tiny", "--threads", "0"], "threads / --threads must be at least 1, not 0."),
         (["train", "--batch-size", "many"], "invalid int value: 'many'"),
         (["train", "--preset", "tiny", "--dtype", "fp8"], "unknown dtype 'fp8'"),
         (["sample", "--ckpt", "no/such/file.pt"], "no checkpoint at no/such/file.pt"),
