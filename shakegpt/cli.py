@@ -41,7 +41,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, settings_class: typ
 
 
 def settings_from(args: argparse.Namespace, settings_class: type):
-    """The dataclass `settings_class` filled from the parsed flags (its defaults for fields that are no flag)."""
+    """The dataclass `settings_class` filled from the parsed flags; fields that are not flags keep their defaults."""
     return settings_class(**{f.name: getattr(args, f.name) for f in flag_fields(settings_class)})
 
 

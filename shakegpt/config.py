@@ -75,7 +75,7 @@ class GPTConfig:
     loss_impl: str = "full"  # "full" (logits, then cross-entropy: the textbook) or "chunked" (never builds all logits)
 
     def __post_init__(self) -> None:
-        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
+        for name in ("n_layer", "n_head", "n_embd"):  # the sizes that --n-layer, --n-head and --n-embd set
             check_at_least(name, getattr(self, name), 1)
         if self.n_embd % self.n_head:
             raise ShakeGPTError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}.")
