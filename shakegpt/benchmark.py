@@ -48,7 +48,8 @@ class BenchSettings(TrainConfig):
     @classmethod
     def flags(cls) -> list[str]:
         """The fields the bench command takes as flags: the timed run's, then the benchmark's own."""
-        own = [f.name for f in fields(cls) if f.name not in {g.name for g in fields(TrainConfig)}]
+        training = {f.name for f in fields(TrainConfig)}
+        own = [f.name for f in fields(cls) if f.name not in training]
         return [*TIMED_RUN_FIELDS, *own]
 
     def to_dict(self) -> dict:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import functools
 import http.server
+import importlib.util
 import ipaddress
 import os
 import socket
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -217,3 +219,13 @@ def end_process(process: subprocess.Popen, grace_s: float = 20) -> None:
 def stop_server() -> Callable[[subprocess.Popen], None]:
     """end_process, for tests and fixtures that start a server (the app, the Space)."""
     return end_process
+
+
+@pytest.fixture(scope="session")
+def gpu_check():
+    """tools/gpu_check.py as a module, for its functions and constants (registered first: its dataclasses look it
+    up by module name)."""
+    spec = importlib.util.spec_from_file_location("gpu_check", PROJECT_ROOT / "tools" / "gpu_check.py")
+    module = sys.modules["gpu_check"] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

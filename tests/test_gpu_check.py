@@ -3,7 +3,6 @@ over-time subprocess is stopped with everything it started; a missing GPU is one
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -35,17 +34,6 @@ UNIT_CHECKS = [
     "to_device_no_sync",
 ]
 ALL_CHECKS = [*UNIT_CHECKS, "reference_run", "ladder"]
-
-
-def load_script():
-    """tools/gpu_check.py as a module, for its functions (registered first: its dataclasses look it up)."""
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    module = sys.modules["gpu_check"] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-gpu_check = load_script()
 
 
 @dataclass
@@ -140,7 +128,7 @@ def test_every_number_is_present_and_finite(dry_run: DryRun):
         assert 0 < measured["wall_s"] < measured["time_limit_s"]
 
 
-def test_reference_files_agree_with_the_report(dry_run: DryRun):
+def test_reference_files_agree_with_the_report(dry_run: DryRun, gpu_check):
     folder = dry_run.out / "reference"
     summary = json.loads((folder / "summary.json").read_text())
     metrics = sg.read_metrics(folder / "metrics.jsonl")
@@ -157,7 +145,7 @@ def test_reference_files_agree_with_the_report(dry_run: DryRun):
     assert "step    20/20" in (folder / "train.log").read_text()
 
 
-def test_summary_rebuilt_from_metrics_matches_the_real_one(dry_run: DryRun):
+def test_summary_rebuilt_from_metrics_matches_the_real_one(dry_run: DryRun, gpu_check):
     """What the report records for a run cut off before summary.json, checked against a run that wrote one."""
     folder = dry_run.out / "reference"
     summary = json.loads((folder / "summary.json").read_text())
@@ -168,7 +156,7 @@ def test_summary_rebuilt_from_metrics_matches_the_real_one(dry_run: DryRun):
         assert value == (expected if expected is None else pytest.approx(expected, rel=1e-6)), key
 
 
-def test_rebuilt_summary_finds_the_target(dry_run: DryRun):
+def test_rebuilt_summary_finds_the_target(dry_run: DryRun, gpu_check):
     rows = sg.read_metrics(dry_run.out / "reference" / "metrics.jsonl")
     target = (rows[0]["loss"] + rows[-1]["loss"]) / 2  # reached at the second logged step, not the first
     rebuilt = gpu_check.summary_from_metrics(rows, target)
@@ -188,7 +176,7 @@ def test_ladder_result_has_every_rung(dry_run: DryRun):
     assert not (folder / "bench_ladder_cpu.png").exists() and not (folder / "bench_ladder_cpu.svg").exists()
 
 
-def test_samples_of_both_checkpoints_with_memorisation(dry_run: DryRun):
+def test_samples_of_both_checkpoints_with_memorisation(dry_run: DryRun, gpu_check):
     text = (dry_run.out / "reference" / "samples.txt").read_text()
     sections = text.split("===== ")[1:]
     assert [section.split(" =====")[0] for section in sections] == ["last.pt", "best.pt"]
@@ -204,7 +192,7 @@ def test_output_fits_what_the_device_tool_brings_back(dry_run: DryRun):
     assert all(len(path.parts) <= 3 for path in files), files  # OUT/folder/file at most
 
 
-def test_an_exception_fails_its_check_only(tmp_path: Path):
+def test_an_exception_fails_its_check_only(tmp_path: Path, gpu_check):
     report = gpu_check.Report(tmp_path / "gpu_check.json", torch.device("cpu"), {})
     gpu_check.run_check(report, "raises", lambda: 1 / 0)
     gpu_check.run_check(report, "not_a_number", lambda: ({"loss": float("nan")}, ["loss is nan"]))
@@ -217,7 +205,7 @@ def test_an_exception_fails_its_check_only(tmp_path: Path):
     assert checks["fine"]["status"] == "PASS" and report.passed is False
 
 
-def test_over_time_subprocess_is_stopped_with_its_children(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_over_time_subprocess_is_stopped_with_its_children(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gpu_check):
     """A command that ignores SIGINT is killed at its limit, and so is the process it started."""
     monkeypatch.setattr(gpu_check, "GRACE_S", 1.0)
     child = (
@@ -234,7 +222,7 @@ def test_over_time_subprocess_is_stopped_with_its_children(tmp_path: Path, monke
     assert not grandchild.exists() or "zombie" in grandchild.read_text()
 
 
-def test_subprocess_within_its_limit_is_left_alone(tmp_path: Path):
+def test_subprocess_within_its_limit_is_left_alone(tmp_path: Path, gpu_check):
     finished = gpu_check.run_limited([sys.executable, "-c", "print('done')"], tmp_path / "log", 30.0, dict(os.environ))
     assert (finished.returncode, finished.cut_by_time_limit, finished.last_line) == (0, False, "done")
 

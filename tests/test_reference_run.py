@@ -3,10 +3,8 @@ another, with what the GPU check recomputes from them, and with the numbers the 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,17 +13,6 @@ import shakegpt_utils as sg
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / "runs" / "reference"
-
-
-def load_gpu_check():
-    """tools/gpu_check.py as a module (registered first: its dataclasses look it up)."""
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "tools" / "gpu_check.py")
-    module = sys.modules["gpu_check"] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-gpu_check = load_gpu_check()
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +60,7 @@ def test_best_validation_loss_is_the_lowest_evaluation(summary: dict, metrics: l
     assert (summary["best_val_step"], summary["best_val_loss"]) == (best_step, evaluations[best_step])
 
 
-def test_the_gpu_check_report_agrees_with_the_summary(summary: dict, metrics: list[dict]):
+def test_the_gpu_check_report_agrees_with_the_summary(summary: dict, metrics: list[dict], gpu_check):
     report = json.loads((RUN / "gpu_check.json").read_text())
     assert report["passed"] and {check["status"] for check in report["checks"].values()} == {"PASS"}
     measured = report["checks"]["reference_run"]["measured"]
@@ -84,7 +71,7 @@ def test_the_gpu_check_report_agrees_with_the_summary(summary: dict, metrics: li
         assert value == pytest.approx(summary[key], rel=1e-6), key
 
 
-def test_five_samples_from_the_reference_prompt_per_checkpoint():
+def test_five_samples_from_the_reference_prompt_per_checkpoint(gpu_check):
     sections = samples_by_checkpoint()
     assert list(sections) == ["last", "best"]
     for section in sections.values():
