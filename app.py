@@ -214,6 +214,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=os.environ.get("GRADIO_SERVER_PORT", "7860"), help="default 7860")
     parser.add_argument("--device", type=device_arg, default="auto", help="cpu, cuda, mps or auto (default)")
     parser.add_argument("--concurrency", type=int, default=4, help="requests generated at once (default 4)")
+    parser.add_argument(
+        "--share", action="store_true", help="also serve the page on a public *.gradio.live link (for 72 hours)"
+    )
     args = parser.parse_args(argv)
     if not 0 < args.port < 65536:
         parser.error(f"--port {args.port} is not a port number (1-65535)")
@@ -222,18 +225,36 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def load_or_explain(ckpt: str | None, device: torch.device) -> tuple[GPT | None, str]:
+    """The model find_checkpoint finds and the line that describes it, or None and how to get one."""
+    path = find_checkpoint(ckpt)
+    if path is None:
+        notice = f"No checkpoint found. {HOW_TO_GET_ONE}"
+        print(f"app.py: {notice}", file=sys.stderr, flush=True)
+        return None, notice
+    model, notice = load_for_app(path, device)
+    print(f"app.py: {notice}", flush=True)
+    return model, notice
+
+
+def launch_in_notebook(ckpt: str | Path | None = None, share: bool | None = None, device: str = "auto") -> gr.Blocks:
+    """Start the demo from a notebook cell and return it (`demo.close()` stops it): Gradio shows the page below the
+    cell and the notebook stays usable. On Colab, whose machine your browser cannot reach, Gradio also opens a
+    public link (share=None leaves that choice to Gradio; True or False decides)."""
+    model, notice = load_or_explain(str(ckpt) if ckpt is not None else None, get_device(device))
+    demo = build_app(model, notice)
+    demo.launch(share=share, prevent_thread_lock=True)
+    return demo
+
+
 def main(argv: list[str] | None = None) -> int:
     """Load the checkpoint (or explain how to get one), then serve the page until interrupted."""
     args = parse_args(argv)
     try:
-        path = find_checkpoint(args.ckpt)
-        if path is None:
-            model, notice = None, f"No checkpoint found. {HOW_TO_GET_ONE}"
-            print(f"app.py: {notice}", file=sys.stderr, flush=True)
-        else:
-            model, notice = load_for_app(path, args.device)
-            print(f"app.py: {notice}", flush=True)
-        build_app(model, notice, args.concurrency).launch(server_name=args.host, server_port=args.port)
+        model, notice = load_or_explain(args.ckpt, args.device)
+        build_app(model, notice, args.concurrency).launch(
+            server_name=args.host, server_port=args.port, share=args.share
+        )
     except (ShakeGPTError, OSError) as error:
         print(f"app.py: error: {first_line(error)}", file=sys.stderr)
         return 1

@@ -3,7 +3,7 @@ it. The code lives in the `shakegpt` package; this file is its table of contents
 `python -m shakegpt_utils train|sample|bench|space ...` is the command line.
 """
 
-from shakegpt.benchmark import BenchSettings, save_bench
+from shakegpt.benchmark import BenchSettings, estimate_run, save_bench
 from shakegpt.checkpoint import (
     load_checkpoint,
     load_model,
@@ -14,22 +14,26 @@ from shakegpt.checkpoint import (
 )
 from shakegpt.chunked_loss import ChunkedLinearCrossEntropy, chunked_cross_entropy
 from shakegpt.cli import OneLineParser, main
+from shakegpt.colab import keep_runs_on_drive, on_colab
 from shakegpt.config import (
     GPT2_VOCAB_SIZE,
     PADDED_VOCAB_SIZE,
     PRESETS,
     PROJECT_ROOT,
-    REPOSITORY_URL,
     SMOKE,
     GPTConfig,
     ShakeGPTError,
     colab_badge,
     first_line,
+    repository_url,
+    show_errors_in_one_line,
 )
 from shakegpt.data import CORPORA, TokenBatches, evaluation_windows, load_corpus, load_tokens, split_tokens
 from shakegpt.exercises import exercise_check
 from shakegpt.hardware import (
     Precision,
+    attention_kernel,
+    compile_problem,
     cpu_has_native_bf16,
     describe_device,
     enable_tf32,
@@ -43,6 +47,7 @@ from shakegpt.hardware import (
 from shakegpt.hf import export_hf, from_hf, from_pretrained, load_exported
 from shakegpt.ladder import Ladder, bench_ladder, plot_ladder
 from shakegpt.memorisation import CorpusIndex, corpus_indexes, memorisation_line, memorisation_report
+from shakegpt.memory import fit_micro_batch
 from shakegpt.model import GPT, MLP, Block, CausalSelfAttention, KVCache, causal_mask
 from shakegpt.optim import configure_optimizer, estimate_mfu, flops_per_token, get_lr
 from shakegpt.peers import bench_generate, bench_peer
@@ -50,18 +55,30 @@ from shakegpt.plots import plot_loss_curves, plot_lr_schedule, save_figure
 from shakegpt.sampling import encode_prompt, generate, generate_stream, sample_text
 from shakegpt.space import build_space
 from shakegpt.tokenizer import END_OF_TEXT, get_tokenizer
-from shakegpt.train import MEMORISATION_RUN, TrainConfig, default_loss, evaluate, read_metrics, train, train_step
+from shakegpt.train import (
+    MEMORISATION_RUN,
+    TrainConfig,
+    default_loss,
+    evaluate,
+    fit_to_memory,
+    read_metrics,
+    train,
+    train_step,
+)
 
 __all__ = [
     # every notebook: set-up, the device it runs on, the smoke switch, figures
     "SMOKE",
     "PROJECT_ROOT",
-    "REPOSITORY_URL",
+    "repository_url",
     "colab_badge",
     "describe_device",
     "get_device",
     "cpu_has_native_bf16",
     "gpu_has_native_bf16",
+    "attention_kernel",
+    "compile_problem",
+    "on_colab",
     "save_figure",
     "ShakeGPTError",
     "first_line",
@@ -102,6 +119,7 @@ __all__ = [
     "flops_per_token",
     "peak_flops",
     "estimate_mfu",
+    "fit_micro_batch",
     "BenchSettings",
     "Ladder",
     "bench_ladder",
@@ -110,6 +128,9 @@ __all__ = [
     "TrainConfig",
     "MEMORISATION_RUN",
     "default_loss",
+    "fit_to_memory",
+    "estimate_run",
+    "keep_runs_on_drive",
     "get_lr",
     "set_seed",
     "train_step",
@@ -142,6 +163,8 @@ __all__ = [
     "bench_generate",
     "save_bench",
 ]
+
+show_errors_in_one_line()  # in a notebook: a ShakeGPTError is its one-line message, as on the command line
 
 if __name__ == "__main__":
     raise SystemExit(main())

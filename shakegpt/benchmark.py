@@ -16,20 +16,30 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-import numpy as np
 import torch
 
-from .config import check_at_least, option
-from .data import TokenBatches
-from .hardware import auto_dtype, describe_device, get_device, synchronize, use_threads, versions
+from .config import GPT2_VOCAB_SIZE, check_at_least, option
+from .data import fixed_batches
+from .hardware import (
+    auto_dtype,
+    compile_problem,
+    describe_device,
+    enable_tf32,
+    get_device,
+    get_precision,
+    synchronize,
+    use_threads,
+    versions,
+)
+from .optim import configure_optimizer
 from .plots import figures_dir, save_figure
-from .train import TrainConfig
+from .train import TrainConfig, build_model, evaluate, fit_to_memory, train_step
 
 # The training settings a benchmark reads: which model, which batch, how it runs, where. The others (learning rate,
 # corpus, schedule...) do not change the speed of a step, so the bench command does not offer them.
 TIMED_RUN_FIELDS = (
-    "preset", "n_layer", "n_head", "n_embd", "seq_len", "batch_size", "grad_accum", "dtype", "compile", "device",
-    "threads", "seed",
+    "preset", "n_layer", "n_head", "n_embd", "seq_len", "batch_size", "grad_accum", "dtype", "compile", "fit_memory",
+    "device", "threads", "seed",
 )  # fmt: skip
 
 
@@ -104,11 +114,51 @@ def summarise_times(seconds: list[float], tokens_per_call: int) -> dict:
     }
 
 
-def fixed_batches(vocab: int, batch_size: int, seq_len: int, seed: int) -> TokenBatches:
-    """Batches cut from one seeded stream of random tokens: no corpus needed, and every rung sees the same data."""
-    generator = np.random.default_rng(seed)
-    tokens = generator.integers(0, vocab, size=batch_size * (seq_len + 1) * 4, dtype=np.int64)
-    return TokenBatches(tokens.astype(np.uint16), batch_size, seq_len, shuffle=False)
+@dataclass(frozen=True)
+class RunEstimate:
+    """How long a training run will take on this device, from a few of its steps timed here."""
+
+    max_steps: int
+    step_s: float  # median seconds per optimizer step, after the first
+    first_step_s: float  # the first step: memory allocation and, when compiling, the compilation
+    evaluations: int
+    evaluation_s: float  # seconds per evaluation of the validation windows
+    measured_steps: int
+
+    @property
+    def total_s(self) -> float:
+        return self.first_step_s + (self.max_steps - 1) * self.step_s + self.evaluations * self.evaluation_s
+
+    def line(self) -> str:
+        return (
+            f"estimated {self.total_s / 60:.1f} min for {self.max_steps} steps on this device (less if a target "
+            f"loss stops it): {self.step_s:.3g} s per step over {self.measured_steps} timed steps, a first step of "
+            f"{self.first_step_s:.1f} s, {self.evaluations} evaluations of {self.evaluation_s:.1f} s"
+        )
+
+
+def estimate_run(requested: TrainConfig, measured_steps: int = 3) -> RunEstimate:
+    """Time the first steps of the run `requested` describes (its model, micro-batch fitted to the memory,
+    accumulation, precision, compilation) and one validation batch on random tokens, and scale them to the whole
+    run: an estimate from this device, not from a table. Checkpoints and samples are left out."""
+    check_at_least("measured_steps", measured_steps, 1)
+    device = get_device(requested.device)
+    cfg, fit = fit_to_memory(requested.resolve(device), device)
+    use_threads(cfg.threads)
+    enable_tf32(device)
+    model = build_model(cfg).to(device)
+    optimizer = configure_optimizer(model, cfg.weight_decay, cfg.lr, device_type=device.type)
+    precision = get_precision(device, cfg.dtype)
+    runnable = torch.compile(model) if cfg.compile and compile_problem(device) is None else model
+    batches = fixed_batches(GPT2_VOCAB_SIZE, cfg.batch_size, cfg.seq_len, cfg.seed)
+    step = lambda: train_step(runnable, optimizer, batches, cfg.grad_accum, precision, device, cfg.grad_clip)[0]  # noqa: E731
+    first_step_s = timed_call(step, device)[0]
+    step_s = statistics.median(timed_call(step, device)[0] for _ in range(measured_steps))
+    x, y = batches.next_batch()
+    batch_s = timed_call(lambda: evaluate(model, [(x, y)], precision, device), device)[0]
+    evaluation_s = batch_s * cfg.eval_batches * (fit.requested if fit else cfg.batch_size) / cfg.batch_size
+    evaluations = len({*range(cfg.eval_interval, cfg.max_steps + 1, cfg.eval_interval), cfg.max_steps})
+    return RunEstimate(cfg.max_steps, step_s, first_step_s, evaluations, evaluation_s, measured_steps)
 
 
 def reset_peak_memory(device: torch.device) -> None:

@@ -3,6 +3,7 @@ notebook), the error type and the checks of settings that every entry point shar
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -15,22 +16,45 @@ PADDED_VOCAB_SIZE = 50304
 # Read once: SHAKEGPT_SMOKE=1 shrinks every notebook and demo so that it runs on 2 CPU cores in CI.
 SMOKE = os.environ.get("SHAKEGPT_SMOKE", "").strip().lower() not in ("", "0", "false", "no")
 
-# Where the course is published: the Open-in-Colab badges and the Colab set-up cells are built from this one address.
-REPOSITORY = "shakegpt/shakegpt"
-REPOSITORY_URL = f"https://github.com/{REPOSITORY}"
-
 # The repository root (this package's parent), where data/, figures/ and runs/ live.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+@functools.cache
+def repository_url() -> str:
+    """Where the course is published, as pyproject.toml's [project.urls] says: the one place that holds the address."""
+    import tomllib  # here, not at the top: a Space runs this package without pyproject.toml, on Python 3.10 too
+
+    with (PROJECT_ROOT / "pyproject.toml").open("rb") as file:
+        return tomllib.load(file)["project"]["urls"]["Repository"]
+
+
 def colab_badge(notebook: str) -> str:
     """Markdown for an "Open in Colab" badge that opens `notebooks/<notebook>` from the published repository."""
-    url = f"https://colab.research.google.com/github/{REPOSITORY}/blob/main/notebooks/{notebook}"
+    repository = repository_url().removeprefix("https://github.com/")
+    url = f"https://colab.research.google.com/github/{repository}/blob/main/notebooks/{notebook}"
     return f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({url})"
 
 
 class ShakeGPTError(Exception):
     """A user-facing failure: the message says what went wrong and what to do about it."""
+
+
+def show_errors_in_one_line() -> None:
+    """In Jupyter (IPython), show a ShakeGPTError as its one-line message instead of a traceback, as the command line
+    does: the message already says what went wrong and what to do. Other errors keep their tracebacks."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None:
+        shell.set_custom_exc(
+            (ShakeGPTError,),
+            lambda shell, etype, value, tb, tb_offset=None: shell._showtraceback(
+                etype, value, [f"{etype.__name__}: {value}"]
+            ),
+        )
 
 
 def option(default, help: str):
@@ -104,6 +128,10 @@ class GPTConfig:
         """The preset called `name` ('gpt2', 'small' or 'tiny') with some fields overridden."""
         check_choice("preset", name, PRESETS)
         return getattr(cls, name)(**overrides)
+
+    @property
+    def head_size(self) -> int:
+        return self.n_embd // self.n_head
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -229,3 +229,10 @@ def evaluation_windows(
         window = np.stack([tokens[i * seq_len : (i + 1) * seq_len + 1] for i in starts])
         window = torch.from_numpy(window.astype(np.int64))
         yield window[:, :-1], window[:, 1:]
+
+
+def fixed_batches(vocab: int, batch_size: int, seq_len: int, seed: int) -> TokenBatches:
+    """Batches cut from one seeded stream of random tokens: no corpus needed, and every rung sees the same data."""
+    generator = np.random.default_rng(seed)
+    tokens = generator.integers(0, vocab, size=batch_size * (seq_len + 1) * 4, dtype=np.int64)
+    return TokenBatches(tokens.astype(np.uint16), batch_size, seq_len, shuffle=False)

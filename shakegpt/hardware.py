@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import importlib.metadata
 import os
 import platform
@@ -15,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch.nn.attention import SDPBackend
 
-from .config import ShakeGPTError
+from .config import ShakeGPTError, first_line
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -101,6 +103,48 @@ def get_precision(device: torch.device | str, dtype: str = "auto") -> Precision:
     # On a CPU fp16 is slow (no native fp16 products) but exact enough to test the T4's code path anywhere.
     scaler = torch.amp.GradScaler(device.type) if name == "fp16" else None
     return Precision(device.type, DTYPES[name], scaler)
+
+
+# The kernels behind F.scaled_dot_product_attention, by the names PyTorch's dispatcher gives its choice (SDPBackend).
+ATTENTION_KERNELS = {
+    "FLASH_ATTENTION": "flash",
+    "EFFICIENT_ATTENTION": "memory-efficient",
+    "CUDNN_ATTENTION": "cuDNN",
+    "MATH": "math (unfused)",
+}
+
+
+def attention_kernel(
+    device: torch.device | str, dtype: torch.dtype, n_head: int = 12, head_size: int = 64, seq_len: int = 1024
+) -> str:
+    """The kernel scaled_dot_product_attention runs for the model's causal attention in training on `device` at
+    `dtype`, as PyTorch's own dispatcher picks it for tensors of that shape (flash, memory-efficient, cuDNN or math);
+    it depends on the GPU, the dtype, the head size and the kernels switched on, so it is asked, not guessed."""
+    device = torch.device(device)
+    q = torch.zeros(1, n_head, seq_len, head_size, device=device, dtype=dtype, requires_grad=True)
+    try:
+        choice = torch._fused_sdp_choice(q, q, q, None, 0.0, True)
+        name = ATTENTION_KERNELS.get(SDPBackend(choice).name, "unknown")
+    except (AttributeError, RuntimeError, ValueError):  # a torch without this query, or a device it does not serve
+        return "unknown"
+    return f"{name} (CPU)" if device.type == "cpu" and name == "flash" else name
+
+
+@functools.cache
+def compile_problem(device: torch.device | str) -> str | None:
+    """Why torch.compile cannot build and run code for `device` (one sentence), or None when it can. A small function
+    with a backward pass is compiled and run once per device: a missing C++ compiler, a Triton without kernels for this
+    GPU or another compiler error shows up here, in seconds, instead of at a run's first step."""
+    device = torch.device(device)
+    if device.type == "mps":
+        return "torch.compile for Apple's MPS is still experimental in PyTorch"
+    try:
+        x = torch.randn(16, 16, device=device, requires_grad=True)
+        compiled = torch.compile(lambda t: torch.nn.functional.gelu(t @ t).sum())
+        compiled(x).backward()
+    except Exception as error:  # noqa: BLE001  (the compiler raises many types; any of them means "not here")
+        return f"torch.compile failed here: {type(error).__name__}: {first_line(error)}"
+    return None
 
 
 def keep_freed_memory() -> bool:

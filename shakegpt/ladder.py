@@ -3,9 +3,8 @@ training step timed on this device after each. `python -m shakegpt_utils bench l
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import matplotlib.pyplot as plt
 import torch
@@ -14,7 +13,6 @@ import torch.nn as nn
 from .benchmark import (
     BenchSettings,
     device_label,
-    fixed_batches,
     peak_memory_mb,
     reset_peak_memory,
     resolve_for_device,
@@ -23,8 +21,12 @@ from .benchmark import (
     timed_call,
 )
 from .config import GPT2_VOCAB_SIZE, PADDED_VOCAB_SIZE, ShakeGPTError, first_line
+from .data import fixed_batches
 from .hardware import (
+    DTYPES,
+    attention_kernel,
     auto_dtype,
+    compile_problem,
     describe_device,
     enable_tf32,
     get_precision,
@@ -32,9 +34,10 @@ from .hardware import (
     peak_flops,
     set_seed,
 )
+from .memory import MemoryFit, fit_micro_batch, memory_of
 from .model import GPT
 from .optim import configure_optimizer, estimate_mfu
-from .train import train_step
+from .train import steps_at_any_batch, train_step
 
 
 @dataclass(frozen=True)
@@ -107,15 +110,11 @@ def fused_adamw_problem(device: torch.device) -> str | None:
     return None
 
 
-def compile_problem(device: torch.device, compile_allowed: bool) -> str | None:
-    """Why torch.compile is not tried here, or None: switched off, no C compiler for the CPU, or Apple's MPS."""
+def ladder_compile_problem(device: torch.device, compile_allowed: bool) -> str | None:
+    """Why torch.compile is not tried here, or None: switched off, or it cannot build and run code on this device."""
     if not compile_allowed:
         return "switched off (--no-compile, the default off CUDA; --compile tries it): compiling takes a minute or more"
-    if device.type == "mps":
-        return "torch.compile for Apple's MPS is still experimental in PyTorch"
-    if device.type == "cpu" and not any(shutil.which(cc) for cc in ("cc", "gcc", "clang", "cl")):
-        return "torch.compile needs a C++ compiler for CPU code, and none was found (on Windows: Visual Studio)"
-    return None
+    return compile_problem(device)
 
 
 def rung_problem(rung: Rung, device: torch.device, compile_allowed: bool) -> str | None:
@@ -131,7 +130,7 @@ def rung_problem(rung: Rung, device: torch.device, compile_allowed: bool) -> str
             "casts, so this device trains in float32"
         )
     if rung.change.get("compile"):
-        return compile_problem(device, compile_allowed)
+        return ladder_compile_problem(device, compile_allowed)
     if rung.change.get("fused_adamw"):
         return fused_adamw_problem(device)
     return None
@@ -146,10 +145,27 @@ class Ladder:
     def __init__(self, settings: BenchSettings | None = None, log: Callable[[str], None] = print):
         self.settings, self.device = resolve_for_device(settings)
         self.log = log
+        self.memory_fit = self.fit_to_memory()
         # The last rung accumulates grad_accum micro-steps; at least 2, since a training run's default 1 accumulates
         # nothing.
         self.rungs = ladder_rungs(self.settings.batch_size, max(2, self.settings.grad_accum))
         self.rows: dict[str, dict] = {}
+
+    def fit_to_memory(self) -> MemoryFit | None:
+        """On a GPU, one micro-batch for every rung: the largest (a divisor of the one asked for) with which the
+        baseline, the most memory-hungry rung (float32, textbook attention, full logits), fits the GPU's memory. Off
+        CUDA, or with fit_memory off, the micro-batch asked for."""
+        memory = memory_of(self.device)
+        if memory is None or not self.settings.fit_memory:
+            return None
+        _, model, optimizer = self.build(BASELINE_FEATURES)
+        step = steps_at_any_batch(
+            model, optimizer, get_precision(self.device, "fp32"), self.device, self.settings.seq_len
+        )
+        fit = fit_micro_batch(step, self.settings.batch_size, self.settings.seq_len, memory)
+        self.settings = replace(self.settings, batch_size=fit.batch_size)
+        self.log(f"every rung: {fit.line()}")
+        return fit
 
     def features_below(self, index: int) -> dict:
         """The configuration the rung at `index` starts from."""
@@ -193,6 +209,8 @@ class Ladder:
         if reason is None and missing:
             reason = f"it needs {', '.join(missing)}, which did not run on this device"
         reason = reason or self.try_measure(candidate, row)
+        if reason is None and "attn_impl" in rung.change:
+            row["attention_kernel"] = self.attention_kernel(candidate)
         if reason is not None:
             row = {"name": rung.name, "why": rung.why, "features": below, "skipped": True, "reason": reason}
         self.rows[rung.name] = row
@@ -213,6 +231,13 @@ class Ladder:
     def result(self) -> dict:
         """What was measured so far, with the device, versions and settings."""
         return {**result_header("ladder", self.device, self.settings.to_dict()), "rows": self.ordered_rows()}
+
+    def attention_kernel(self, features: dict) -> str:
+        """The kernel scaled_dot_product_attention runs for the model of `features` at its precision."""
+        config = self.settings.model_config()
+        return attention_kernel(
+            self.device, DTYPES[features["dtype"]], config.n_head, config.head_size, self.settings.seq_len
+        )
 
     def build(self, features: dict) -> tuple[nn.Module, GPT, torch.optim.Optimizer]:
         """A freshly initialised model (same seed every rung), maybe compiled, and its optimizer. The compiler's
@@ -278,10 +303,11 @@ def rung_line(row: dict) -> str:
         return f"{row['name']:<28} skipped: {row['reason']}"
     mfu = f"{100 * row['mfu']:5.1f}%" if row.get("mfu") is not None else "   n/a"
     memory = f"{row['peak_memory_mb']:8.0f} MB" if row["peak_memory_mb"] is not None else "     n/a"
+    kernel = f"  attention kernel: {row['attention_kernel']}" if "attention_kernel" in row else ""
     return (
         f"{row['name']:<28} {row['ms_median']:9.1f} ms/step ({row['ms_min']:.0f}-{row['ms_max']:.0f})"
         f" {row['tokens_per_s']:10.0f} tok/s  MFU {mfu}  peak {memory}  loss {row['loss']:.3f}"
-        f"  warm-up {row['warmup_s']:.1f} s"
+        f"  warm-up {row['warmup_s']:.1f} s{kernel}"
     )
 
 

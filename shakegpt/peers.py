@@ -13,13 +13,13 @@ import torch.nn as nn
 from .benchmark import (
     BenchSettings,
     device_label,
-    fixed_batches,
     resolve_for_device,
     result_header,
     summarise_times,
     timed_call,
 )
 from .config import GPT2_VOCAB_SIZE, PADDED_VOCAB_SIZE, GPTConfig, ShakeGPTError, check_choice, setting
+from .data import fixed_batches
 from .hardware import DTYPES, auto_dtype, describe_device, get_precision, set_seed
 from .hf import from_hf, gpt2_config_values
 from .ladder import fused_adamw_problem

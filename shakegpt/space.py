@@ -16,7 +16,7 @@ import string
 from pathlib import Path
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
-from .config import PROJECT_ROOT, REPOSITORY_URL, ShakeGPTError, first_line
+from .config import PROJECT_ROOT, ShakeGPTError, first_line, repository_url
 from .hf import export_hf
 from .model import GPT
 
@@ -62,7 +62,7 @@ def check_out(out: Path) -> None:
 def repository_file(path: Path) -> Path:
     """`path`, a file that only a checkout of the repository has (app.py, the templates in space/)."""
     if not path.is_file():
-        raise ShakeGPTError(f"{path} is missing: build the Space from a checkout of {REPOSITORY_URL}.")
+        raise ShakeGPTError(f"{path} is missing: build the Space from a checkout of {repository_url()}.")
     return path
 
 

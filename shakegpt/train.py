@@ -9,7 +9,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -20,11 +20,23 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .checkpoint import load_checkpoint, resume_training, save_checkpoint
-from .config import PADDED_VOCAB_SIZE, GPTConfig, ShakeGPTError, check_at_least, check_choice, option, setting
-from .data import TokenBatches, evaluation_windows, get_corpus, load_tokens, split_tokens
+from .checkpoint import capture_rng, load_checkpoint, restore_rng, resume_training, save_checkpoint
+from .config import (
+    GPT2_VOCAB_SIZE,
+    PADDED_VOCAB_SIZE,
+    GPTConfig,
+    ShakeGPTError,
+    check_at_least,
+    check_choice,
+    first_line,
+    option,
+    setting,
+)
+from .data import TokenBatches, evaluation_windows, fixed_batches, get_corpus, load_tokens, split_tokens
 from .hardware import (
     Precision,
+    attention_kernel,
+    compile_problem,
     describe_device,
     enable_tf32,
     get_device,
@@ -36,6 +48,7 @@ from .hardware import (
     use_threads,
     versions,
 )
+from .memory import MemoryFit, fit_micro_batch, memory_of, out_of_memory_advice
 from .model import GPT
 from .optim import configure_optimizer, estimate_mfu, get_lr
 from .plots import plot_loss_curves, save_figure
@@ -68,6 +81,9 @@ class TrainConfig:
     pad_vocab: bool = option(True, "pad the vocabulary to 50304 (faster matrix kernels)")
     dtype: str = option("auto", "auto, bf16, fp16 or fp32")
     compile: bool | None = option(None, "torch.compile the model (default: on for CUDA)")
+    fit_memory: bool = option(
+        True, "on a GPU, shrink the micro-batch until a step fits its memory, accumulating to keep the tokens per step"
+    )
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
     threads: int | None = option(None, "CPU threads for torch (default: torch's choice)")
     seed: int = option(1337, "random seed: initialisation, data order, dropout")
@@ -408,7 +424,12 @@ class Run:
     log: RunLog
     tokens_per_step: int
     tf32: bool
+    attention: str  # the kernel scaled_dot_product_attention runs here (see hardware.attention_kernel)
+    compiled: bool  # whether the runnable model is compiled (asked for, and the compiler works here)
+    compile_problem: str | None = None  # why it is not, when it was asked for
+    memory_fit: MemoryFit | None = None  # the micro-batch chosen for the GPU's memory, where one was chosen
     latest_sample: tuple[int | None, str] = (None, "")
+    compile_checked: bool = False  # a compiled step has run since this start
 
     @property
     def out(self) -> Path:
@@ -425,10 +446,45 @@ class Run:
         save_checkpoint(self.out / name, self.model, self.optimizer, self.state.step, data, asdict(self.cfg), extra)
         self.state.checkpoint_s += time.perf_counter() - started
 
+    def step(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step (train_step). The first compiled step after a start may fail to compile (no kernels
+        for this GPU, an Inductor error): the run then goes on without compiling, from the same batch and random
+        state, and says so once."""
+        cfg = self.cfg
+        args = (self.optimizer, self.train_batches, cfg.grad_accum, self.precision, self.device, cfg.grad_clip)
+        if not self.compiled or self.compile_checked:
+            return train_step(self.runnable, *args)
+        data, rng = self.train_batches.state_dict(), capture_rng()
+        try:
+            result = train_step(self.runnable, *args)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as error:  # noqa: BLE001  (the compiler raises many types; the eager step shows real bugs)
+            self.stop_compiling(f"torch.compile failed at the first step: {type(error).__name__}: {first_line(error)}")
+            self.train_batches.load_state_dict(data)
+            restore_rng(rng)
+            return train_step(self.runnable, *args)
+        self.compile_checked = True
+        return result
+
+    def stop_compiling(self, problem: str) -> None:
+        """Train the plain model from now on, and say why in one line."""
+        torch._dynamo.reset()
+        self.compiled, self.compile_problem = False, problem
+        self.runnable = self.wrap(self.model)
+        self.log.print(f"warning: {problem}; training goes on without compiling.")
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """`model` as this process trains it: inside DistributedDataParallel when in a process group."""
+        if not self.dist.in_group:
+            return model
+        return DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
     def evaluate(self) -> float:
-        """The validation loss on the same eval_batches x batch_size x processes windows every time."""
+        """The validation loss on the same eval_batches x batch_size x processes windows every time (the batch size
+        asked for: a micro-batch fitted to the GPU's memory changes how many windows go through at once, not which)."""
         cfg, world = self.cfg, self.dist.world_size
-        n_windows = cfg.eval_batches * cfg.batch_size * world
+        n_windows = cfg.eval_batches * (self.memory_fit.requested if self.memory_fit else cfg.batch_size) * world
         windows = evaluation_windows(self.val_tokens, cfg.batch_size, cfg.seq_len, n_windows, self.dist.rank, world)
         # The plain model: the compiled one would compile again for eval mode without gradients (tens of seconds
         # on a GPU, at every evaluation whose shapes differ), and DDP has nothing to synchronise here.
@@ -441,6 +497,16 @@ class Run:
         self.latest_sample = (self.state.step, text)
         self.log.sample(self.state.step, text)
 
+    def out_of_memory(self) -> ShakeGPTError:
+        """Running out of GPU memory, as one sentence: where, which setting to lower and to what, and what is kept."""
+        cfg, checkpoint = self.cfg, self.out / "last.pt"
+        kept = f"the last checkpoint is kept at {checkpoint}" if checkpoint.exists() else "no checkpoint is written yet"
+        return ShakeGPTError(
+            f"out of memory on {self.device} after step {self.state.step}, with micro-batches of {cfg.batch_size} x "
+            f"{cfg.seq_len:,} tokens; {kept}. To fit, "
+            + out_of_memory_advice(cfg.batch_size, cfg.grad_accum, cfg.seq_len, self.memory_fit)
+        )
+
 
 def build_model(cfg: TrainConfig) -> GPT:
     """The model a TrainConfig asks for (its preset and shape, dropout and vocabulary padding)."""
@@ -450,14 +516,48 @@ def build_model(cfg: TrainConfig) -> GPT:
     return GPT(cfg.model_config(**overrides))
 
 
+def steps_at_any_batch(
+    model: nn.Module, optimizer: torch.optim.Optimizer, precision: Precision, device: torch.device, seq_len: int
+) -> Callable[[int], float]:
+    """A function that runs one optimizer step of `model` on a given number of sequences of random tokens and returns
+    its loss: what fitting a micro-batch to a GPU's memory measures."""
+
+    def step(batch_size: int) -> float:
+        batches = fixed_batches(GPT2_VOCAB_SIZE, batch_size, seq_len, seed=0)
+        return train_step(model, optimizer, batches, 1, precision, device)[0].item()
+
+    return step
+
+
+def fit_to_memory(cfg: TrainConfig, device: torch.device) -> tuple[TrainConfig, MemoryFit | None]:
+    """`cfg` with the largest micro-batch that fits the GPU's memory (a divisor of the one asked for) and the
+    accumulation that keeps the tokens per optimizer step, and the fit that chose it; `cfg` unchanged, with None, off
+    CUDA or with fit_memory off. Every process of a group takes the smallest micro-batch any of them chose."""
+    memory = memory_of(device)
+    if memory is None or not cfg.fit_memory:
+        return cfg, None
+    model = build_model(cfg).to(device)  # a fresh one, freed after the fit; uncompiled: compiling only saves memory
+    optimizer = configure_optimizer(model, cfg.weight_decay, cfg.lr, device_type=device.type)
+    step = steps_at_any_batch(model, optimizer, get_precision(device, cfg.dtype), device, cfg.seq_len)
+    fit = fit_micro_batch(step, cfg.batch_size, cfg.seq_len, memory)
+    batch_size = fit.batch_size
+    if in_process_group():
+        smallest = torch.tensor(batch_size, device=device)
+        dist.all_reduce(smallest, op=dist.ReduceOp.MIN)
+        batch_size = int(smallest)
+    return replace(cfg, batch_size=batch_size, grad_accum=cfg.grad_accum * cfg.batch_size // batch_size), fit
+
+
 def start_run(requested: TrainConfig, dist_info: Distributed, device: torch.device) -> Run:
-    """Resolve the settings, load the data, build model and optimizer, resume if asked, and print the banner."""
-    cfg = requested.resolve(device, dist_info.world_size)
+    """Resolve the settings, fit the micro-batch to the GPU's memory, load the data, build model and optimizer,
+    resume if asked, and print the banner."""
+    cfg, memory_fit = fit_to_memory(requested.resolve(device, dist_info.world_size), device)
     use_threads(cfg.threads)
     if device.type == "cpu":
         keep_freed_memory()
     precision = get_precision(device, cfg.dtype)
     tf32 = enable_tf32(device)
+    problem = compile_problem(device) if cfg.compile else None
     set_seed(cfg.seed)
     train_tokens, val_tokens = training_split(cfg)
     tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * dist_info.world_size
@@ -476,12 +576,27 @@ def start_run(requested: TrainConfig, dist_info: Distributed, device: torch.devi
         checkpoint = load_checkpoint(checkpoint_path, map_location=device)
         state = TrainState(step=checkpoint["step"], **checkpoint["extra"]["state"])
         resume_training(checkpoint, model, optimizer, train_batches, precision.scaler)
-    runnable = torch.compile(model) if cfg.compile else model
-    if dist_info.in_group:
-        runnable = DistributedDataParallel(runnable, device_ids=[device.index] if device.type == "cuda" else None)
-    log = RunLog(Path(cfg.out), cfg, state.step, enabled=dist_info.is_main)
-    run = Run(cfg, dist_info, device, precision, model, runnable, optimizer, train_batches, val_tokens, state, log,
-              tokens_per_step, tf32)  # fmt: skip
+    compiled = cfg.compile and problem is None
+    run = Run(
+        cfg=cfg,
+        dist=dist_info,
+        device=device,
+        precision=precision,
+        model=model,
+        runnable=model,
+        optimizer=optimizer,
+        train_batches=train_batches,
+        val_tokens=val_tokens,
+        state=state,
+        log=RunLog(Path(cfg.out), cfg, state.step, enabled=dist_info.is_main),
+        tokens_per_step=tokens_per_step,
+        tf32=tf32,
+        attention=attention_kernel(device, precision.dtype, model.config.n_head, model.config.head_size, cfg.seq_len),
+        compiled=compiled,
+        compile_problem=problem,
+        memory_fit=memory_fit,
+    )
+    run.runnable = run.wrap(torch.compile(model) if compiled else model)
     print_banner(run, requested, len(train_tokens), resumed=state.step > 0)
     return run
 
@@ -507,13 +622,18 @@ def print_banner(run: Run, requested: TrainConfig, n_train_tokens: int, resumed:
     elif cfg.resume:
         log.print(f"--resume: no checkpoint at {run.out / 'last.pt'}, starting from scratch.")
     processes = f"{world} process(es)" + (" with DistributedDataParallel" if run.dist.in_group else "")
+    compiled = " + compile" if run.compiled else ""
     log.print(
         f"training {cfg.preset} ({run.model.num_params() / 1e6:.1f}M parameters) on {cfg.corpus} | "
         f"{describe_device(run.device)} | {run.precision.name}{' + TF32' if run.tf32 else ''}"
-        f"{' + compile' if cfg.compile else ''} | {processes} | {run.tokens_per_step:,} tokens per step "
+        f" | attention: {run.attention}{compiled} | {processes} | {run.tokens_per_step:,} tokens per step "
         f"({cfg.batch_size} x {cfg.seq_len} x {cfg.grad_accum} x {world}) | {cfg.max_steps} steps | "
         f"{n_train_tokens:,} train / {len(run.val_tokens):,} val tokens"
     )
+    if run.compile_problem:
+        log.print(f"warning: {run.compile_problem}; training goes on without compiling.")
+    if run.memory_fit is not None:
+        log.print(run.memory_fit.line(cfg.grad_accum))
     if requested.preset is None and run.device.type != "cuda":
         log.print(
             f"no CUDA GPU here: training the {cfg.preset} preset, which finishes in minutes; on a GPU the default is "
@@ -522,17 +642,28 @@ def print_banner(run: Run, requested: TrainConfig, n_train_tokens: int, resumed:
 
 
 def train(cfg: TrainConfig) -> dict:
-    """Train a GPT on Shakespeare as `cfg` says and return the run's summary (also written to OUT/summary.json)."""
+    """Train a GPT on Shakespeare as `cfg` says and return the run's summary (also written to OUT/summary.json).
+    Running out of GPU memory ends the run with one sentence saying which setting to lower (ShakeGPTError)."""
     dist_info, device = setup_distributed(cfg.device)
+    run = None
     try:
         run = start_run(cfg, dist_info, device)
-        try:
-            return finish_run(run, train_loop(run))
-        finally:
-            run.log.close()
+        return finish_run(run, train_loop(run))
+    except torch.OutOfMemoryError:
+        pass  # reported below, outside this block: the tensors its traceback holds are freed first
     finally:
+        if run is not None:
+            run.log.close()
         if in_process_group():
             dist.destroy_process_group()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # a notebook goes on in the same process
+    if run is None:  # building the model or the optimizer
+        raise ShakeGPTError(
+            f"out of memory on {device} before training started: free the GPU memory other objects hold (a model "
+            f"of an earlier cell?) or use a smaller {setting('preset')}."
+        )
+    raise run.out_of_memory()
 
 
 def train_loop(run: Run) -> str:
@@ -554,9 +685,7 @@ def train_loop(run: Run) -> str:
             lr = get_lr(step - 1, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.max_steps)
             for group in run.optimizer.param_groups:
                 group["lr"] = lr
-            loss, norm = train_step(
-                run.runnable, run.optimizer, run.train_batches, cfg.grad_accum, run.precision, device, cfg.grad_clip
-            )
+            loss, norm = run.step()
             window.append(loss)
             if progress:
                 progress.update(1)
@@ -651,7 +780,10 @@ def finish_run(run: Run, stop_reason: str) -> dict:
         "train_tokens": len(run.train_batches.tokens),
         "dtype": run.precision.name,
         "tf32": run.tf32,
-        "compile": cfg.compile,
+        "compile": run.compiled,
+        "compile_problem": run.compile_problem,
+        "attention_kernel": run.attention,
+        "memory_fit": run.memory_fit.line(cfg.grad_accum) if run.memory_fit else None,
         "versions": versions(),
         "config": asdict(cfg),
         "model_config": run.model.config.to_dict(),

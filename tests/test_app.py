@@ -313,3 +313,37 @@ def test_space_metadata_and_requirements():
     assert int(str(metadata["sdk_version"]).split(".")[0]) >= 5  # the Gradio API app.py is written for
     requirements = ROOT.joinpath("space", "requirements.txt").read_text()
     assert "git+" not in requirements  # the Space carries the project's code itself (tests/test_space.py)
+
+
+@pytest.fixture
+def loopback_without_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Requests from this process to the loopback address go straight there, whatever proxy the environment names."""
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NO_PROXY", LOOPBACK)
+    monkeypatch.setenv("no_proxy", LOOPBACK)
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+
+
+def test_the_notebook_way_serves_the_page_and_the_notebook_goes_on(
+    checkpoint: Path, model: GPT, loopback_without_proxy
+):
+    """Notebook 07's cell: `app.launch_in_notebook(checkpoint)` returns at once with the page served from this process;
+    the page describes the model and its API writes what sample_text writes."""
+    demo = app.launch_in_notebook(checkpoint, device="cpu")  # as notebook 07 calls it
+    try:
+        with urllib.request.urlopen(demo.local_url, timeout=30) as response:
+            assert response.status == 200 and "ShakeGPT" in response.read().decode()
+        client = gradio_client.Client(demo.local_url, verbose=False, analytics_enabled=False)
+        text = generate(client, "ROMEO:", 10, 1.0, 0, 3)
+        assert text == sample_text(model, "ROMEO:", 10, temperature=1.0, top_k=None, seed=3)[0]
+    finally:
+        demo.close()
+
+
+@pytest.mark.parametrize("args, share", [([], False), (["--share"], True)])
+def test_share_asks_gradio_for_a_public_link(checkpoint: Path, monkeypatch: pytest.MonkeyPatch, args, share):
+    launches = []
+    monkeypatch.setattr(app.gr.Blocks, "launch", lambda demo, **kwargs: launches.append(kwargs))
+    assert app.main(["--ckpt", str(checkpoint), "--device", "cpu", *args]) == 0
+    assert [launch["share"] for launch in launches] == [share]

@@ -16,7 +16,8 @@ import torch
 import shakegpt.ladder
 from shakegpt.benchmark import BenchSettings
 from shakegpt.cli import main
-from shakegpt.ladder import Ladder, compile_problem
+from shakegpt.hardware import DTYPES, attention_kernel
+from shakegpt.ladder import Ladder
 
 LADDER = [
     "fp32 baseline",
@@ -105,13 +106,12 @@ def test_ladder_reports_every_rung_measured_or_skipped_with_a_reason(tmp_path, f
     printed = capsys.readouterr().out
     assert printed.splitlines()[0] == result["device"]
     assert "TF32" in printed and "skipped:" in printed
-
-
-def test_compile_is_skipped_with_a_reason_where_no_compiler_is_found(monkeypatch):
-    import torch
-
-    monkeypatch.setattr("shutil.which", lambda name: None)
-    assert "C++ compiler" in compile_problem(torch.device("cpu"), compile_allowed=True)
+    # The attention rung names the kernel SDPA runs here, as PyTorch's dispatcher picks it for the rung's precision.
+    sdpa = rows["SDPA flash attention"]
+    kernel = attention_kernel("cpu", DTYPES[sdpa["features"]["dtype"]], n_head=2, head_size=32, seq_len=8)
+    assert sdpa["attention_kernel"] == kernel == "flash (CPU)"
+    assert f"attention kernel: {kernel}" in next(line for line in printed.splitlines() if line.startswith("SDPA"))
+    assert all("attention_kernel" not in row for row in result["rows"] if row is not sdpa)
 
 
 def test_peer_compares_the_same_shapes_and_writes_the_ratios(tmp_path, figures, capsys):

@@ -3,7 +3,7 @@
 The shape of a notebook:
 1. The first cell is markdown: a "# " title and the Open-in-Colab badge, exactly `sg.colab_badge("<file name>")`.
 2. The first code cell is the Colab set-up: on Colab ("google.colab" in sys.modules) it clones REPO_URL (the literal
-   `sg.REPOSITORY_URL`), runs `pip install -e` on it and changes into it; anywhere else it does nothing.
+   `sg.repository_url()`), runs `pip install -e` on it and changes into it; anywhere else it does nothing.
 3. The first output of the notebook is the line `sg.describe_device()` prints: the device the outputs came from.
 4. Exactly one code cell is tagged "parameters"; it sets the sizes from `sg.SMOKE`, and no other cell reads SMOKE.
 5. Sections of why (markdown) and how (code), one idea each. A notebook that builds a piece ends by asserting that
@@ -25,7 +25,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from shakegpt.config import PROJECT_ROOT, REPOSITORY_URL, colab_badge
+from shakegpt.config import PROJECT_ROOT, colab_badge, repository_url
 
 nbclient = pytest.importorskip("nbclient")
 
@@ -109,8 +109,8 @@ def test_notebook_has_the_course_shape(path: Path):
 
     colab = code_cells(nb)[0]
     assert '"google.colab" in sys.modules' in colab.source, "the first code cell must be the Colab set-up"
-    repo_urls = re.findall(r'^REPO_URL = "([^"]+)"$', colab.source, flags=re.M)
-    assert repo_urls == [REPOSITORY_URL], f"the Colab cell must set REPO_URL = {REPOSITORY_URL!r}, not {repo_urls}"
+    repo_urls = re.findall(r'^REPO_URL = "([^"]+)"', colab.source, flags=re.M)
+    assert repo_urls == [repository_url()], f"the Colab cell must set REPO_URL = {repository_url()!r}, not {repo_urls}"
     assert "pip" in colab.source and "install" in colab.source and "-e" in colab.source
 
     tagged = [cell for cell in nb.cells if "parameters" in cell.metadata.get("tags", [])]
