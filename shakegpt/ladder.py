@@ -20,7 +20,7 @@ from .benchmark import (
     summarise_times,
     timed_call,
 )
-from .config import GPT2_VOCAB_SIZE, PADDED_VOCAB_SIZE, ShakeGPTError, first_line
+from .config import GPT2_VOCAB_SIZE, PADDED_VOCAB_SIZE, ShakeGPTError, first_line, setting
 from .data import fixed_batches
 from .hardware import (
     DTYPES,
@@ -279,8 +279,11 @@ class Ladder:
         try:
             row.update(skipped=False, **self.measure(features))
         except torch.OutOfMemoryError:
-            tokens = self.settings.seq_len
-            return f"out of memory at {features['batch_size']} sequences of {tokens} tokens"
+            batch_size = features["batch_size"]
+            return (
+                f"out of memory at {batch_size} sequences of {self.settings.seq_len:,} tokens per micro-step; a "
+                f"smaller {setting('batch_size')} (such as {max(1, batch_size // 2)}) fits more rungs"
+            )
         except Exception as error:  # noqa: BLE001  (the compiler raises many types; any of them skips the rung)
             if not features["compile"]:
                 raise

@@ -83,7 +83,15 @@ def bench_peer(settings: BenchSettings | None = None, log: Callable[[str], None]
             contestants[f"{name} {dtype}"] = lambda m=model, o=optimizer, p=precision: train_step(
                 m, o, batches, 1, p, device
             )[0]
-    seconds = alternate(contestants, device, s.steps, s.warmup)
+    try:
+        seconds = alternate(contestants, device, s.steps, s.warmup)
+    except torch.OutOfMemoryError:
+        seconds = None  # reported below, once the tensors the exception holds are freed
+    if seconds is None:
+        raise ShakeGPTError(
+            f"out of memory on {device} with both models training on {s.batch_size} x {s.seq_len:,} tokens per step; "
+            f"use a smaller {setting('batch_size')}, such as {max(1, s.batch_size // 2)}."
+        )
     tokens = s.batch_size * s.seq_len
     rows = [{"name": name, **summarise_times(times, tokens)} for name, times in seconds.items()]
     result = result_header("peer", device, {**s.to_dict(), "vocab_size": PADDED_VOCAB_SIZE, "fused_adamw": fused})

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import shakegpt.ladder
+import shakegpt.peers
 from shakegpt.benchmark import BenchSettings
 from shakegpt.cli import main
 from shakegpt.hardware import DTYPES, attention_kernel
@@ -260,3 +261,20 @@ def test_the_ladder_figure_draws_each_rung_from_its_slowest_to_its_fastest_step(
     assert whiskers == pytest.approx([1000 / 0.7, 1000 / 0.4, 1000 / 1.5, 1000 / 0.8, 0, 0])
     recorded = [row[key] for row in rows[:2] for key in ("tokens_per_s_min", "tokens_per_s_max")]
     assert whiskers[:4] == pytest.approx(recorded)
+
+
+def test_peer_out_of_memory_is_one_line_naming_the_batch(tmp_path, figures, monkeypatch, capsys):
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.07 GiB (fake)")
+
+    monkeypatch.setattr(shakegpt.peers, "alternate", out_of_memory)
+    assert (
+        main(["bench", "peer", *TINY[:2], "--batch-size", "6", "--seq-len", "8", "--out", str(tmp_path / "p.json")])
+        == 1
+    )
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == (
+        "error: out of memory on cpu with both models training on 6 x 8 tokens per step; use a smaller "
+        "batch_size / --batch-size, such as 3."
+    )
+    assert not (tmp_path / "p.json").exists()

@@ -233,3 +233,17 @@ def test_the_ladder_takes_one_micro_batch_that_its_baseline_fits(fake_gpu, capsy
     row = ladder.climb("fp32 baseline")
     assert row["features"]["batch_size"] == 2 and row["tokens_per_step"] == 2 * 16
     assert ladder.rungs[-1].change["grad_accum"] == 2
+
+
+def test_a_rung_that_runs_out_of_memory_is_skipped_with_the_setting_to_lower(monkeypatch, capsys):
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory (fake)")
+
+    ladder = sg.Ladder(sg.BenchSettings(preset="tiny", batch_size=6, seq_len=16, steps=1, warmup=0, device="cpu"))
+    monkeypatch.setattr(ladder_module, "fixed_batches", out_of_memory)
+    row = ladder.climb("fp32 baseline")
+    assert row["skipped"] and row["reason"] == (
+        "out of memory at 6 sequences of 16 tokens per micro-step; a smaller batch_size / --batch-size (such as 3) "
+        "fits more rungs"
+    )
+    assert capsys.readouterr().out.strip().endswith(row["reason"])
