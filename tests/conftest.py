@@ -1,5 +1,8 @@
-"""Shared fixtures: a tiny model config, random transformers GPT-2 models, the shared corpora, temporary cache folders,
-a loopback HTTP server and a switch that cuts off the network.
+"""Shared fixtures: the device of the device tests, a tiny model config, random transformers GPT-2 models, the shared
+corpora, temporary cache folders, a loopback HTTP server and a switch that cuts off the network.
+
+A test that takes the `device` fixture is marked `device`: `pytest -m device --device cuda` runs exactly those on a GPU
+(tools/gpu_check.py does), and plain `pytest` runs them on the CPU with the rest.
 
 The corpora are never copied into the repository: tests read them from $SHAKEGPT_DATA_DIR (CI sets it to
 ../shared/data, relative to the repository root) and give every loader a temporary cache folder.
@@ -22,7 +25,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from shakegpt.config import PROJECT_ROOT, GPTConfig
+from shakegpt.config import PROJECT_ROOT, GPTConfig, ShakeGPTError
+from shakegpt.hardware import get_device
 
 LOOPBACK = "127.0.0.1"
 
@@ -44,6 +48,40 @@ def _find_data_dir() -> Path | None:
         if candidate.is_dir():
             return candidate.resolve()
     return None
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--device", default="cpu", help="where the tests marked `device` run: cpu (default), cuda, cuda:N")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the `device` marker, and refuse at once a --device that is not here (one line, exit status 4)."""
+    config.addinivalue_line("markers", "device: takes its device from --device (pytest -m device --device cuda)")
+    requested = config.getoption("--device")
+    try:
+        get_device(requested)
+    except (ShakeGPTError, RuntimeError) as error:  # no CUDA here, or no such device type
+        message = str(error) if isinstance(error, ShakeGPTError) else f"--device {requested}: {error}"
+        raise pytest.UsageError(message.splitlines()[0]) from None
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `device` every test that takes the device fixture (not a parameter of its own called device)."""
+    for item in items:
+        parameters = item.callspec.params if hasattr(item, "callspec") else {}
+        if "device" in getattr(item, "fixturenames", ()) and "device" not in parameters:
+            item.add_marker(pytest.mark.device)
+
+
+@pytest.fixture(scope="session")
+def device(pytestconfig: pytest.Config) -> torch.device:
+    """The device given by --device; CUDA with its index (DistributedDataParallel wants one), made current."""
+    device = get_device(pytestconfig.getoption("--device"))
+    if device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index)
+        torch.cuda.set_device(device)
+    return device
 
 
 DATA_DIR = _find_data_dir()

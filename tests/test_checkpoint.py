@@ -1,5 +1,6 @@
-"""Checkpoints: a round trip that resumes training bit for bit, atomic writes, clear errors for truncated and foreign
-files, prefixes from compiled models removed, and weights_only loading that never runs code from the file."""
+"""Checkpoints: a round trip that resumes training bit for bit (on the device --device names, fp16 with its loss scale
+too), atomic writes, clear errors for truncated and foreign files, prefixes from compiled models removed, and
+weights_only loading that never runs code from the file."""
 
 from __future__ import annotations
 
@@ -11,26 +12,31 @@ import numpy as np
 import pytest
 import torch
 
+from shakegpt import train as training
 from shakegpt.checkpoint import (
     CHECKPOINT_FORMAT,
     load_checkpoint,
     load_model,
     model_from_checkpoint,
     restore_rng,
+    resume_training,
     save_checkpoint,
 )
 from shakegpt.config import GPTConfig, ShakeGPTError
 from shakegpt.data import TokenBatches
+from shakegpt.hardware import Precision, get_precision
 from shakegpt.model import GPT
 from shakegpt.optim import configure_optimizer
 
 UNREADABLE = r"is not a readable checkpoint \(truncated or not a checkpoint\)"
+Fp16Run = tuple[GPT, torch.optim.Optimizer, TokenBatches, Precision]
 
 
-def make_run(config: GPTConfig):
-    """A model, its optimizer and batch loader, after three training steps (so the optimizer has moments)."""
+def make_run(config: GPTConfig, device: torch.device | str = "cpu"):
+    """A model on `device`, its optimizer and batch loader, after three training steps (so the optimizer has
+    moments)."""
     torch.manual_seed(0)
-    model = GPT(config)
+    model = GPT(config).to(device)
     optimizer = configure_optimizer(model, lr=1e-2)
     tokens = (np.arange(3000) * 7 % config.vocab_size).astype(np.uint16)
     batches = TokenBatches(tokens, batch_size=4, seq_len=16, seed=0)
@@ -40,7 +46,8 @@ def make_run(config: GPTConfig):
 
 
 def train_step(model: GPT, optimizer: torch.optim.Optimizer, batches: TokenBatches) -> None:
-    x, y = batches.next_batch()
+    device = model.lm_head.weight.device
+    x, y = (t.to(device) for t in batches.next_batch())
     _, loss = model(x, y)
     loss.backward()
     optimizer.step()
@@ -53,8 +60,9 @@ def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
         assert torch.equal(tensor, state_b[name]), name
 
 
-def test_round_trip_resumes_training_exactly(tmp_path, tiny_config):
-    model, optimizer, batches = make_run(tiny_config)
+def test_round_trip_resumes_training_exactly(tmp_path, tiny_config, device):
+    """Saved from the device and loaded onto it (map_location), the run continues exactly."""
+    model, optimizer, batches = make_run(tiny_config, device)
     path = save_checkpoint(
         tmp_path / "last.pt",
         model,
@@ -66,16 +74,17 @@ def test_round_trip_resumes_training_exactly(tmp_path, tiny_config):
     )
     after_save = (random.random(), torch.rand(5))  # drawn from the states the checkpoint captured
 
-    checkpoint = load_checkpoint(path)
+    checkpoint = load_checkpoint(path, map_location=device)
+    assert checkpoint["model"]["transformer.wte.weight"].device == device
     assert checkpoint["step"] == 3
     assert checkpoint["model_config"] == tiny_config.to_dict()
     assert checkpoint["train_config"] == {"lr": 1e-2, "preset": "tiny"}
     assert checkpoint["extra"] == {"best_val_loss": 4.5}
-    restored = model_from_checkpoint(checkpoint)
+    restored = model_from_checkpoint(checkpoint, device)
     assert not restored.training
     assert restored.lm_head.weight is restored.transformer.wte.weight  # still tied after loading
     assert_same_weights(model, restored)
-    assert_same_weights(model, load_model(path))
+    assert_same_weights(model, load_model(path, device))
 
     restore_rng(checkpoint["rng"])
     assert random.random() == after_save[0]
@@ -90,6 +99,41 @@ def test_round_trip_resumes_training_exactly(tmp_path, tiny_config):
     train_step(model, optimizer, batches)
     train_step(restored, restored_optimizer, restored_batches)
     assert_same_weights(model, restored)
+
+
+def fp16_run(
+    config: GPTConfig, device: torch.device, seed: int
+) -> tuple[GPT, torch.optim.Optimizer, TokenBatches, Precision]:
+    """A model initialised from `seed` on `device`, its optimizer, batch loader and fp16 precision (a GradScaler)."""
+    torch.manual_seed(seed)
+    model = GPT(config).to(device)
+    tokens = (np.arange(3000) * 7 % config.vocab_size).astype(np.uint16)
+    batches = TokenBatches(tokens, batch_size=4, seq_len=16, seed=0)
+    return model, configure_optimizer(model, lr=1e-2), batches, get_precision(device, "fp16")
+
+
+def fp16_losses(run: Fp16Run, steps: int) -> list[float]:
+    """The losses of `steps` of the package's training steps of `run`."""
+    model, optimizer, batches, precision = run
+    device = model.lm_head.weight.device
+    return [float(training.train_step(model, optimizer, batches, 1, precision, device)[0]) for _ in range(steps)]
+
+
+def test_resume_training_continues_fp16_steps_exactly_with_their_loss_scale(tmp_path, tiny_config, device):
+    """resume_training into fresh objects (another initialisation, a new GradScaler) from a checkpoint loaded onto the
+    device: the next two fp16 steps give exactly the losses of the original run continuing, and both loss scalers end
+    in the same state (the original's scale was moved off GradScaler's initial one, so it must come back)."""
+    run = fp16_run(tiny_config, device, seed=0)
+    fp16_losses(run, 3)
+    model, optimizer, batches, precision = run
+    precision.scaler.update(new_scale=1024.0)
+    extra = {"scaler": precision.scaler.state_dict()}
+    path = save_checkpoint(tmp_path / "resume.pt", model, optimizer, 3, batches.state_dict(), extra=extra)
+    continued = fp16_losses(run, 2)
+    fresh = fp16_run(tiny_config, device, seed=1)
+    resume_training(load_checkpoint(path, map_location=device), *fresh[:3], scaler=fresh[3].scaler)
+    assert fp16_losses(fresh, 2) == continued
+    assert fresh[3].scaler.state_dict() == precision.scaler.state_dict()
 
 
 def test_random_states_come_back_on_the_cpu_whatever_the_map_location(tmp_path, tiny_config):

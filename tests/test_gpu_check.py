@@ -1,19 +1,25 @@
-"""tools/gpu_check.py: its CPU dry run passes every check and leaves files that agree with what it records; an
-over-time subprocess is stopped with everything it started; a missing GPU is one line of error."""
+"""tools/gpu_check.py: its CPU dry runs pass every part a CPU can run (the device tests through a -k filter, the
+reference run, the ladder, notebook 05 in smoke mode; the T4 part says why it cannot) and leave files that agree with
+what they record; failing and over-time notebooks and tests are reported with their cause; an over-time subprocess is
+stopped with everything it started; a missing GPU and bad options are one line of error."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
+import types
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import nbformat
 import pytest
 import torch
 
@@ -22,18 +28,7 @@ from shakegpt.ladder import ladder_rungs
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "tools" / "gpu_check.py"
-UNIT_CHECKS = [
-    "chunked_loss_fp32",
-    "chunked_loss_bf16",
-    "chunked_loss_fp16",
-    "train_step_fp16",
-    "train_step_bf16",
-    "ddp_one_process",
-    "generation",
-    "checkpoint_resume",
-    "to_device_no_sync",
-]
-ALL_CHECKS = [*UNIT_CHECKS, "reference_run", "ladder"]
+DEVICE_TESTS = ["tests/test_device.py", "-k", "chunked_loss and fp32 or to_device"]  # one passes, one is CUDA only
 
 
 @dataclass
@@ -52,9 +47,8 @@ def run_script(args: list[str], env: dict[str, str], timeout: float) -> subproce
     )
 
 
-@pytest.fixture(scope="module")
-def dry_run(tmp_path_factory) -> DryRun:
-    """One dry run for every test below: corpora from SHAKEGPT_DATA_DIR, caches in a temporary folder."""
+def dry_run(tmp_path_factory: pytest.TempPathFactory, args: list[str]) -> DryRun:
+    """The script on the CPU with the tiny preset: corpora from SHAKEGPT_DATA_DIR, caches in a temporary folder."""
     if not os.environ.get("SHAKEGPT_DATA_DIR"):
         pytest.skip("set SHAKEGPT_DATA_DIR to a folder holding tinyshakespeare.txt")
     env = {
@@ -64,10 +58,25 @@ def dry_run(tmp_path_factory) -> DryRun:
         "PYTHONUNBUFFERED": "1",
     }
     out = tmp_path_factory.mktemp("gpu_check") / "out"
-    result = run_script(["--device", "cpu", "--preset", "tiny", "--out", str(out)], env, timeout=300)
+    result = run_script(["--device", "cpu", "--preset", "tiny", "--out", str(out), *args], env, timeout=300)
     report_path = out / "gpu_check.json"
     assert report_path.is_file(), result.stdout + result.stderr
     return DryRun(result, out, json.loads(report_path.read_text()))
+
+
+@pytest.fixture(scope="module")
+def default_parts(tmp_path_factory) -> DryRun:
+    """The default parts (tests, reference, ladder), the tests cut down to two by a -k filter."""
+    return dry_run(tmp_path_factory, ["--pytest-args", shlex.join(DEVICE_TESTS)])
+
+
+@pytest.fixture(scope="module")
+def notebook_parts(tmp_path_factory) -> DryRun:
+    """The notebook parts on notebook 05 (10 s in smoke mode), which leave the committed figures as they were."""
+    before = {path: path.stat().st_mtime_ns for path in (ROOT / "figures").glob("05_*")}
+    run = dry_run(tmp_path_factory, ["--part", "notebooks,t4", "--notebooks", "05_optimizations"])
+    assert {path: path.stat().st_mtime_ns for path in (ROOT / "figures").glob("05_*")} == before
+    return run
 
 
 def numbers(value: object) -> Iterator[float]:
@@ -82,57 +91,49 @@ def numbers(value: object) -> Iterator[float]:
         yield value
 
 
-def test_dry_run_passes_every_check(dry_run: DryRun):
-    assert dry_run.result.returncode == 0, dry_run.result.stdout + dry_run.result.stderr
-    report = dry_run.report
+def test_default_parts_pass_every_check(default_parts: DryRun):
+    assert default_parts.result.returncode == 0, default_parts.result.stdout + default_parts.result.stderr
+    report = default_parts.report
     assert report["passed"] is True
-    assert list(report["checks"]) == ALL_CHECKS
+    assert list(report["checks"]) == ["tests", "reference_run", "ladder"]
     for name, check in report["checks"].items():
-        if name == "to_device_no_sync":
-            assert check["status"] == "SKIP" and "CUDA only" in check["reason"]
-        else:
-            assert check["status"] == "PASS", f"{name}: {check['reason']}"
-            assert check["reason"] is None
+        assert (check["status"], check["reason"]) == ("PASS", None), name
         # one console line per check, as it finished
-        assert re.search(rf"^{check['status']}\s+{name}\s", dry_run.result.stdout, flags=re.M)
-    assert set(report["sections"]) == {"unit_checks", "ladder", "reference_run"}
+        assert re.search(rf"^PASS\s+{name}\s", default_parts.result.stdout, flags=re.M)
+    assert list(report["parts"]) == ["tests", "reference", "ladder"]
     assert report["device"] == sg.describe_device("cpu")
     assert report["versions"]["torch"] == torch.__version__
     assert report["settings"]["preset"] == "tiny" and report["settings"]["reference_max_steps"] == 20
+    assert report["settings"]["pytest_args"] == DEVICE_TESTS
 
 
-def test_every_number_is_present_and_finite(dry_run: DryRun):
-    report = dry_run.report
+def test_every_number_is_present_and_finite(default_parts: DryRun):
+    report = default_parts.report
     assert all(math.isfinite(x) for x in numbers(report)), "a NaN or infinity was recorded"
     assert "nan" not in json.dumps(report).lower().replace("nanogpt", "")
-    for dtype in ("fp32", "bf16", "fp16"):
-        measured = dry_run.measured(f"chunked_loss_{dtype}")
-        for path in ("full", "chunked"):
-            for error in ("loss_error", "grad_h_error", "grad_w_error"):
-                assert 0 <= measured[f"{path}_{error}"] < 0.01
-        assert measured["loss_scale"] == (65536.0 if dtype == "fp16" else 1.0)
-    for dtype in ("fp16", "bf16"):
-        measured = dry_run.measured(f"train_step_{dtype}")
-        for loss in ("chunked", "full"):
-            assert len(measured[f"{loss}_losses"]) == measured["steps"] == 20
-            assert measured[f"{loss}_last_loss"] < measured[f"{loss}_first_loss"] == measured[f"{loss}_losses"][0]
-    ddp = dry_run.measured("ddp_one_process")
-    assert ddp["backend"] == "gloo" and len(ddp["ddp_losses"]) == len(ddp["plain_losses"]) == 3
-    assert ddp["max_difference"] <= 1e-4 and math.isfinite(ddp["ddp_val_loss"])
-    assert dry_run.measured("generation") == {"new_tokens": 80, "greedy_mismatches": 0, "sampled_mismatches": 0}
-    resume = dry_run.measured("checkpoint_resume")
-    assert resume["continued_losses"] == resume["resumed_losses"] and resume["scaler_state_equal"] is True
-    for check in ("ladder", "reference_run"):
-        measured = dry_run.measured(check)
+    for check in ("tests", "ladder", "reference_run"):
+        measured = default_parts.measured(check)
         assert measured["returncode"] == 0 and measured["cut_by_time_limit"] is False
         assert 0 < measured["wall_s"] < measured["time_limit_s"]
+    assert default_parts.measured("tests")["time_limit_s"] == 120
 
 
-def test_reference_files_agree_with_the_report(dry_run: DryRun, gpu_check):
-    folder = dry_run.out / "reference"
+def test_device_tests_are_counted_with_each_skip_and_its_reason(default_parts: DryRun):
+    measured = default_parts.measured("tests")
+    counts = {key: measured[key] for key in ("tests", "passed", "failed", "skipped", "failures")}
+    assert counts == {"tests": 2, "passed": 1, "failed": 0, "skipped": 1, "failures": {}}
+    assert measured["skips"] == {
+        "tests.test_device::test_to_device_returns_without_waiting_for_the_gpu": "CUDA only: cpu runs every "
+        "operation at once, there is no queue to wait for"
+    }
+    assert re.fullmatch(r"1 passed, 1 skipped, \d+ deselected in [\d.]+s", measured["last_line"])
+
+
+def test_reference_files_agree_with_the_report(default_parts: DryRun, gpu_check):
+    folder = default_parts.out / "reference"
     summary = json.loads((folder / "summary.json").read_text())
     metrics = sg.read_metrics(folder / "metrics.jsonl")
-    measured = dry_run.measured("reference_run")
+    measured = default_parts.measured("reference_run")
     assert measured["source"] == "summary.json"
     for key in (*gpu_check.REFERENCE_KEYS, "stop_reason"):
         assert measured[key] == summary[key], key
@@ -145,9 +146,9 @@ def test_reference_files_agree_with_the_report(dry_run: DryRun, gpu_check):
     assert "step    20/20" in (folder / "train.log").read_text()
 
 
-def test_summary_rebuilt_from_metrics_matches_the_real_one(dry_run: DryRun, gpu_check):
+def test_summary_rebuilt_from_metrics_matches_the_real_one(default_parts: DryRun, gpu_check):
     """What the report records for a run cut off before summary.json, checked against a run that wrote one."""
-    folder = dry_run.out / "reference"
+    folder = default_parts.out / "reference"
     summary = json.loads((folder / "summary.json").read_text())
     rebuilt = gpu_check.summary_from_metrics(sg.read_metrics(folder / "metrics.jsonl"), summary["target_loss"])
     assert set(rebuilt) == set(gpu_check.REFERENCE_KEYS)
@@ -156,28 +157,28 @@ def test_summary_rebuilt_from_metrics_matches_the_real_one(dry_run: DryRun, gpu_
         assert value == (expected if expected is None else pytest.approx(expected, rel=1e-6)), key
 
 
-def test_rebuilt_summary_finds_the_target(dry_run: DryRun, gpu_check):
-    rows = sg.read_metrics(dry_run.out / "reference" / "metrics.jsonl")
+def test_rebuilt_summary_finds_the_target(default_parts: DryRun, gpu_check):
+    rows = sg.read_metrics(default_parts.out / "reference" / "metrics.jsonl")
     target = (rows[0]["loss"] + rows[-1]["loss"]) / 2  # reached at the second logged step, not the first
     rebuilt = gpu_check.summary_from_metrics(rows, target)
     assert rebuilt["target_step"] == rows[-1]["step"]
     assert rebuilt["time_to_target_s"] == pytest.approx(rows[-1]["elapsed_s"] - rebuilt["warmup_s"])
 
 
-def test_ladder_result_has_every_rung(dry_run: DryRun):
-    folder = dry_run.out / "ladder"
+def test_ladder_result_has_every_rung(default_parts: DryRun):
+    folder = default_parts.out / "ladder"
     result = json.loads((folder / "bench_ladder_cpu.json").read_text())
     names = [row["name"] for row in result["rows"]]
     assert names == [rung.name for rung in ladder_rungs(2, 2)]
     assert result["settings"]["batch_size"] == 2 and result["settings"]["compile"] is False
-    assert list(dry_run.measured("ladder")["rungs"]) == names
+    assert list(default_parts.measured("ladder")["rungs"]) == names
     measured_rows = [row for row in result["rows"] if not row["skipped"]]
     assert measured_rows and all(row["tokens_per_s"] > 0 for row in measured_rows)
     assert not (folder / "bench_ladder_cpu.png").exists() and not (folder / "bench_ladder_cpu.svg").exists()
 
 
-def test_samples_of_both_checkpoints_with_memorisation(dry_run: DryRun, gpu_check):
-    text = (dry_run.out / "reference" / "samples.txt").read_text()
+def test_samples_of_both_checkpoints_with_memorisation(default_parts: DryRun, gpu_check):
+    text = (default_parts.out / "reference" / "samples.txt").read_text()
     sections = text.split("===== ")[1:]
     assert [section.split(" =====")[0] for section in sections] == ["last.pt", "best.pt"]
     for section in sections:
@@ -186,57 +187,126 @@ def test_samples_of_both_checkpoints_with_memorisation(dry_run: DryRun, gpu_chec
         assert section.count("memorisation: longest span copied from the training text") == 5
 
 
-def test_output_fits_what_the_device_tool_brings_back(dry_run: DryRun):
-    files = [path.relative_to(dry_run.out) for path in dry_run.out.rglob("*") if path.is_file()]
+@pytest.mark.parametrize("parts", ["default_parts", "notebook_parts"])
+def test_output_fits_what_the_device_tool_brings_back(parts: str, request: pytest.FixtureRequest):
+    out = request.getfixturevalue(parts).out
+    files = [path.relative_to(out) for path in out.rglob("*") if path.is_file()]
     assert len(files) <= 8, files
     assert all(len(path.parts) <= 3 for path in files), files  # OUT/folder/file at most
 
 
-def test_an_exception_fails_its_check_only(tmp_path: Path, gpu_check):
-    report = gpu_check.Report(tmp_path / "gpu_check.json", torch.device("cpu"), {})
-    gpu_check.run_check(report, "raises", lambda: 1 / 0)
-    gpu_check.run_check(report, "not_a_number", lambda: ({"loss": float("nan")}, ["loss is nan"]))
-    gpu_check.run_check(report, "fine", lambda: ({"loss": 1.0}, []))
-    checks = json.loads((tmp_path / "gpu_check.json").read_text())["checks"]  # valid JSON, NaN included
-    assert (checks["raises"]["status"], checks["raises"]["reason"]) == ("FAIL", "ZeroDivisionError: division by zero")
-    assert "Traceback" in checks["raises"]["measured"]["traceback"]
-    assert checks["not_a_number"] == {"status": "FAIL", "seconds": checks["not_a_number"]["seconds"],
-                                      "reason": "loss is nan", "measured": {"loss": "nan"}}  # fmt: skip
-    assert checks["fine"]["status"] == "PASS" and report.passed is False
+def test_notebook_parts_run_notebook_05_and_say_why_a_cpu_is_no_t4(notebook_parts: DryRun):
+    assert notebook_parts.result.returncode == 0, notebook_parts.result.stdout + notebook_parts.result.stderr
+    report = notebook_parts.report
+    assert list(report["parts"]) == ["notebooks", "t4"] and report["passed"] is True
+    run, t4 = report["checks"]["notebooks/05_optimizations"], report["checks"]["t4/05_optimizations"]
+    assert (run["status"], run["reason"]) == ("PASS", None)
+    assert (run["measured"]["peak_allocated_mib"], run["measured"]["peak_reserved_mib"]) == (None, None)  # no GPU
+    assert (t4["status"], t4["reason"]) == ("SKIP", "a T4 is emulated on a CUDA GPU only: cpu has no memory share or "
+                                            "kernels to limit")  # fmt: skip
+    assert list(report["checks"]) == ["notebooks/05_optimizations", "t4/05_optimizations"]
 
 
-def test_over_time_subprocess_is_stopped_with_its_children(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gpu_check):
-    """A command that ignores SIGINT is killed at its limit, and so is the process it started."""
-    monkeypatch.setattr(gpu_check, "GRACE_S", 1.0)
-    child = (
-        "import signal, subprocess, time; signal.signal(signal.SIGINT, signal.SIG_IGN); "
-        "print(subprocess.Popen(['sleep', '60']).pid, flush=True); time.sleep(60)"
+def test_the_saved_notebook_is_the_notebook_executed_and_agrees_with_the_report(notebook_parts: DryRun):
+    """The committed notebook's cells, every one executed once in order (the measuring cell taken out again), in smoke
+    mode; the rungs its ladder printed as skipped are those the report names, with the same reasons."""
+    saved = nbformat.read(notebook_parts.out / "notebooks" / "05_optimizations.ipynb", as_version=4)
+    committed = nbformat.read(ROOT / "notebooks" / "05_optimizations.ipynb", as_version=4)
+    assert [cell.source for cell in saved.cells] == [cell.source for cell in committed.cells]
+    code = [cell for cell in saved.cells if cell.cell_type == "code"]
+    assert [cell.execution_count for cell in code] == list(range(1, len(code) + 1))
+    printed = "".join(output.get("text", "") for cell in code for output in cell.outputs)
+    assert "tiny model, 2 x 32 = 64 tokens per micro-step" in printed  # the smoke sizes
+    skipped = dict(re.findall(r"^(\S.*?) +skipped: (.*)$", printed, flags=re.M))
+    assert skipped and notebook_parts.measured("notebooks/05_optimizations")["skipped_rungs"] == skipped
+
+
+def test_junit_results_count_and_name_every_outcome(tmp_path: Path, gpu_check):
+    """A real pytest run's JUnit report: a pass, a failure, a skip and an error in a fixture."""
+    (tmp_path / "test_sample.py").write_text(
+        "import pytest\n"
+        "@pytest.fixture\n"
+        "def broken():\n    raise RuntimeError('set-up broke')\n"
+        "def test_pass():\n    pass\n"
+        "def test_fail():\n    assert 1 == 2, 'one is not two'\n"
+        "def test_skip():\n    pytest.skip('not here')\n"
+        "def test_error(broken):\n    pass\n"
     )
-    started = time.perf_counter()
-    finished = gpu_check.run_limited([sys.executable, "-c", child], tmp_path / "log", 3.0, dict(os.environ))
-    assert finished.cut_by_time_limit and time.perf_counter() - started < 6
-    grandchild = Path(f"/proc/{finished.last_line}/status")
-    deadline = time.monotonic() + 5
-    while grandchild.exists() and "zombie" not in grandchild.read_text() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not grandchild.exists() or "zombie" in grandchild.read_text()
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--junitxml=junit.xml", "test_sample.py"]
+    subprocess.run(command, cwd=tmp_path, capture_output=True, timeout=120)
+    results = gpu_check.junit_results(tmp_path / "junit.xml")
+    assert {key: results[key] for key in ("tests", "passed", "failed", "skipped")} == {
+        "tests": 4, "passed": 1, "failed": 2, "skipped": 1
+    }  # fmt: skip
+    assert results["skips"] == {"test_sample::test_skip": "not here"}
+    assert list(results["failures"]) == ["test_sample::test_fail", "test_sample::test_error"]
+    assert results["failures"]["test_sample::test_fail"].startswith("AssertionError: one is not two")
+    assert "RuntimeError: set-up broke" in results["failures"]["test_sample::test_error"]
 
 
-def test_subprocess_within_its_limit_is_left_alone(tmp_path: Path, gpu_check):
-    finished = gpu_check.run_limited([sys.executable, "-c", "print('done')"], tmp_path / "log", 30.0, dict(os.environ))
-    assert (finished.returncode, finished.cut_by_time_limit, finished.last_line) == (0, False, "done")
+def test_tests_that_select_nothing_fail_with_pytests_last_lines(gpu_check):
+    args = argparse.Namespace(device="cpu", pytest_args=["tests/test_device.py", "-k", "no_such_test"])
+    measured, problems = gpu_check.check_tests(args, 120)
+    assert (measured["tests"], measured["returncode"]) == (0, 5)  # pytest's status for "no tests collected"
+    assert len(problems) == 1 and re.fullmatch(r"no test was selected: \d+ deselected in [\d.]+s", problems[0])
+    assert measured["log_tail"][-1] == measured["last_line"]
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
-def test_missing_cuda_is_one_line_of_error(tmp_path: Path):
-    result = run_script(["--out", str(tmp_path / "out")], dict(os.environ), timeout=120)  # --device cuda by default
-    assert result.returncode == 1
-    assert result.stderr.strip() == "error: --device cuda: no CUDA GPU is available here."
-    assert not (tmp_path / "out").exists()
+@pytest.mark.parametrize(
+    "source, limit_s, error",
+    [("1 / 0", 60, r"ZeroDivisionError: division by zero"),
+     ("import time\ntime.sleep(60)", 5, r"A cell timed out while it was being executed, after [1-5] seconds\.")],
+)  # fmt: skip
+def test_a_failing_or_over_time_notebook_names_its_cell(tmp_path, monkeypatch, gpu_check, source, limit_s, error):
+    """The cell's error, or the time limit (which counts the kernel's start too), as the reason; the kernel stopped at
+    once; the executed copy saved."""
+    monkeypatch.setattr(gpu_check, "NOTEBOOK_DIR", tmp_path)
+    cells = [nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell(source), nbformat.v4.new_code_cell("y = 2")]
+    nbformat.write(nbformat.v4.new_notebook(cells=cells), tmp_path / "07_sampling.ipynb")
+    args = argparse.Namespace(out=tmp_path / "out", t4_max_steps=1)
+    args.out.mkdir()
+    started = time.monotonic()
+    measured, problems = gpu_check.check_notebook("07_sampling", torch.device("cpu"), args, limit_s, t4=False)
+    assert time.monotonic() - started < limit_s + 20
+    assert len(problems) == 1 and re.fullmatch(f"cell {cells[1].id}: {error}", problems[0])
+    assert measured == {"peak_allocated_mib": None, "peak_reserved_mib": None, "skipped_rungs": None}
+    saved = nbformat.read(args.out / "notebooks" / "07_sampling.ipynb", as_version=4)
+    assert [cell.source for cell in saved.cells] == [cell.source for cell in cells]
+    assert saved.cells[0].execution_count == 1 and saved.cells[2].execution_count is None
 
 
-def test_non_empty_out_is_refused(tmp_path: Path):
-    (tmp_path / "old.json").write_text("{}")
-    result = run_script(["--device", "cpu", "--out", str(tmp_path)], dict(os.environ), timeout=120)
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip() == f"error: --out {tmp_path} is not empty: give a new folder."
+@pytest.mark.parametrize("name", ["05_optimizations", "06_train_shakespeare", "07_sampling"])
+def test_t4_cells_come_first_and_cut_only_the_training_steps(name: str, gpu_check):
+    """The T4 cell right after the Colab set-up, so the package sees a T4 from its first use; the steps cell right
+    after the parameters, where it changes only max_steps of notebook 06's SETTINGS, in their real (not smoke) mode."""
+    nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+    sources = [cell.source for cell in nb.cells]
+    gpu_check.as_on_a_t4(nb, 200)
+    setup = next(i for i, cell in enumerate(nb.cells) if cell.cell_type == "code")
+    parameters = next(i for i, cell in enumerate(nb.cells) if "parameters" in cell.metadata.get("tags", []))
+    assert nb.cells[setup + 1].source == gpu_check.T4_CELL and setup + 1 < parameters
+    assert [cell.source for i, cell in enumerate(nb.cells) if i not in (setup + 1, parameters + 1)] == sources
+    compile(gpu_check.T4_CELL, "T4_CELL", "exec")
+    namespace = {
+        "sg": types.SimpleNamespace(SMOKE=False, MEMORISATION_RUN={}),
+        "Path": Path,
+        "device": torch.device("cuda"),
+    }
+    exec(nb.cells[parameters].source, namespace)
+    before = namespace.get("SETTINGS")
+    exec(nb.cells[parameters + 1].source, namespace)
+    assert namespace.get("SETTINGS") == (None if before is None else {**before, "max_steps": 200})
+    assert (before is not None) == (name == "06_train_shakespeare")
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [(["--part", "tests,everything"], "--part takes a comma-separated list of tests, reference, ladder, notebooks, t4"),
+     (["--notebooks", "08_x"], "--notebooks takes a comma-separated list of 05_optimizations, 06_train_shakespeare"),
+     (["--pytest-args", "-k 'unclosed"], "argument --pytest-args: invalid split value")],
+)  # fmt: skip
+def test_a_bad_option_is_one_line_of_error(capsys, gpu_check, option: list[str], message: str):
+    with pytest.raises(SystemExit) as exit_status:
+        gpu_check.parse_args(["--out", "unused", *option])
+    assert exit_status.value.code == 2
+    assert message in capsys.readouterr().err.splitlines()[-1]

@@ -53,21 +53,21 @@ def test_auto_precision_on_cpu_is_bf16_only_where_native(monkeypatch, native, dt
     assert precision.scaler is None
 
 
-def test_bf16_precision_autocasts_matrix_products():
-    precision = get_precision("cpu", "bf16")
+def test_bf16_precision_autocasts_matrix_products(device):
+    precision = get_precision(device, "bf16")
     assert (precision.device_type, precision.dtype, precision.name, precision.scaler) == (
-        "cpu",
+        device.type,
         torch.bfloat16,
         "bf16",
         None,
     )
-    a, b = torch.randn(8, 8), torch.randn(8, 8)
+    a, b = torch.randn(8, 8, device=device), torch.randn(8, 8, device=device)
     with precision.autocast():
-        assert torch.is_autocast_enabled("cpu")
+        assert torch.is_autocast_enabled(device.type)
         product = a @ b
     assert product.dtype == torch.bfloat16
     torch.testing.assert_close(product.float(), a @ b, atol=0.1, rtol=0.02)
-    assert not torch.is_autocast_enabled("cpu")
+    assert not torch.is_autocast_enabled(device.type)
 
 
 def test_fp32_precision_changes_nothing():
@@ -78,12 +78,13 @@ def test_fp32_precision_changes_nothing():
         assert (torch.randn(4, 4) @ torch.randn(4, 4)).dtype == torch.float32
 
 
-def test_fp16_precision_on_a_cpu_scales_the_loss_as_on_a_t4():
-    precision = get_precision("cpu", "fp16")
-    assert (precision.device_type, precision.dtype, precision.name) == ("cpu", torch.float16, "fp16")
+def test_fp16_precision_scales_the_loss_as_on_a_t4(device):
+    """On a CPU too: fp16 with a GradScaler tests the T4's code path anywhere."""
+    precision = get_precision(device, "fp16")
+    assert (precision.device_type, precision.dtype, precision.name) == (device.type, torch.float16, "fp16")
     assert isinstance(precision.scaler, torch.amp.GradScaler) and precision.scaler.is_enabled()
     assert precision.scaler.get_scale() == 2.0**16
-    a, b = torch.randn(8, 8), torch.randn(8, 8)
+    a, b = torch.randn(8, 8, device=device), torch.randn(8, 8, device=device)
     with precision.autocast():
         assert (a @ b).dtype == torch.float16
 
@@ -254,7 +255,7 @@ def test_kept_freed_memory_spares_a_cpu_training_step_its_page_faults():
     script = """
 import resource, sys, torch
 import shakegpt_utils as sg
-from shakegpt.benchmark import fixed_batches
+from shakegpt.data import fixed_batches
 from shakegpt.hardware import keep_freed_memory
 applied = keep_freed_memory() if sys.argv[1] == "keep" else None
 torch.manual_seed(0)

@@ -125,15 +125,16 @@ def test_gpt2_initialisation_statistics():
 
 @pytest.mark.parametrize("loss_impl", ["chunked", "full"])
 @pytest.mark.parametrize("shape", HF_SHAPES, ids=lambda s: "L{}-H{}-C{}-T{}-V{}".format(*s))
-def test_from_hf_matches_transformers_logits_loss_and_gradients(random_hf_gpt2, shape, loss_impl):
+def test_from_hf_matches_transformers_logits_loss_and_gradients(random_hf_gpt2, shape, loss_impl, device):
     n_layer, n_head, n_embd, n_positions, vocab = shape
     hf = random_hf_gpt2(*shape)
-    ours = from_hf(hf, loss_impl=loss_impl)
+    ours = from_hf(hf, loss_impl=loss_impl).to(device)
+    hf.to(device)
     assert ours.config == GPTConfig(
         block_size=n_positions, vocab_size=vocab, n_layer=n_layer, n_head=n_head, n_embd=n_embd, loss_impl=loss_impl
     )
     torch.manual_seed(1)
-    idx = torch.randint(vocab, (2, n_positions))  # the whole context, so every position embedding is used
+    idx = torch.randint(vocab, (2, n_positions)).to(device)  # the whole context, so every position embedding is used
 
     with torch.no_grad():
         expected = hf(idx).logits
@@ -275,14 +276,14 @@ def test_changing_a_future_token_leaves_earlier_logits_unchanged(tiny_config, at
 
 
 @pytest.mark.parametrize("attn_impl", ["sdpa", "manual"])
-def test_kv_cache_matches_one_pass(tiny_config, attn_impl):
+def test_kv_cache_matches_one_pass(tiny_config, attn_impl, device):
     torch.manual_seed(0)
     config = tiny_config.replace(attn_impl=attn_impl, block_size=24)
-    model = randomize_small_params(GPT(config)).eval()
-    idx = torch.randint(config.vocab_size, (3, 24))
+    model = randomize_small_params(GPT(config)).to(device).eval()
+    idx = torch.randint(config.vocab_size, (3, 24)).to(device)
     with torch.no_grad():
         full, _ = model(idx)
-        cache = KVCache(config, 3, "cpu", torch.float32)
+        cache = KVCache(config, 3, device, torch.float32)
         pieces, position = [], 0
         # A prefill, single tokens, and several tokens at once after the cache; 24 in all.
         for n in (5, 1, 1, 3, 1, 6, 7):

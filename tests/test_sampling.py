@@ -1,5 +1,6 @@
 """Sampling through its public API (generate, generate_stream, encode_prompt, sample_text) against transformers'
-greedy generate, a plain sliding-window greedy loop, and the model's own top-k logits."""
+greedy generate, a plain sliding-window greedy loop, and the model's own top-k logits; generation with and without the
+cache, and seeded sampling, on the device --device names."""
 
 from __future__ import annotations
 
@@ -38,11 +39,12 @@ def prompt(vocab_size: int, length: int, batch: int = 2, seed: int = 0) -> torch
 
 
 @pytest.mark.parametrize("use_cache", [True, False])
-def test_greedy_matches_transformers_generate(random_hf_gpt2, use_cache):
+def test_greedy_matches_transformers_generate(random_hf_gpt2, use_cache, device):
     # Large weights, so that greedy decoding wanders through the vocabulary instead of repeating one token.
     hf = random_hf_gpt2(n_layer=2, n_head=4, n_embd=32, n_positions=48, vocab_size=97, seed=3, matrix_std=0.3)
-    ours = from_hf(hf).eval()
-    idx = prompt(97, 7)
+    ours = from_hf(hf).to(device).eval()
+    hf.to(device)
+    idx = prompt(97, 7).to(device)
     expected = hf.generate(
         idx, attention_mask=torch.ones_like(idx), max_new_tokens=41, do_sample=False, pad_token_id=0
     )  # 7 + 41 = 48: the whole context
@@ -53,9 +55,10 @@ def test_greedy_matches_transformers_generate(random_hf_gpt2, use_cache):
     assert all(len(set(row[7:].tolist())) > 5 for row in out)  # not one token repeated
 
 
-def test_greedy_with_and_without_cache_past_the_context_follows_the_sliding_window(model):
+def test_greedy_with_and_without_cache_past_the_context_follows_the_sliding_window(model, device):
+    model.to(device)
     block_size = model.config.block_size
-    idx = prompt(model.config.vocab_size, 5)
+    idx = prompt(model.config.vocab_size, 5).to(device)
     expected = greedy_by_hand(model, idx, block_size + 12)  # 12 tokens past a full context
     for use_cache in (True, False):
         assert torch.equal(generate(model, idx, block_size + 12, temperature=0, use_cache=use_cache), expected)
@@ -75,8 +78,9 @@ def test_a_prompt_longer_than_the_context_is_cropped_not_refused(model):
     assert torch.equal(generate(model, changed, 6, temperature=0)[:, -6:], out[:, -6:])
 
 
-def test_seeded_sampling_repeats_and_the_seed_matters(model):
-    idx = prompt(model.config.vocab_size, 4)
+def test_seeded_sampling_repeats_and_the_seed_matters(model, device):
+    model.to(device)
+    idx = prompt(model.config.vocab_size, 4).to(device)
     runs = [generate(model, idx, 30, temperature=1.5, seed=seed) for seed in (1, 1, 2)]
     assert torch.equal(runs[0], runs[1])
     assert not torch.equal(runs[0], runs[2])
