@@ -29,7 +29,7 @@ from shakegpt.config import (
     show_errors_in_one_line,
 )
 from shakegpt.data import CORPORA, TokenBatches, evaluation_windows, load_corpus, load_tokens, split_tokens
-from shakegpt.exercises import exercise_check
+from shakegpt.exercises import exercise_check, forbidden
 from shakegpt.hardware import (
     Precision,
     attention_kernel,
@@ -45,11 +45,11 @@ from shakegpt.hardware import (
     synchronize,
 )
 from shakegpt.hf import export_hf, from_hf, from_pretrained, load_exported
-from shakegpt.ladder import Ladder, bench_ladder, plot_ladder
+from shakegpt.ladder import Ladder, RungSetup, bench_ladder, plot_ladder
 from shakegpt.memorisation import CorpusIndex, corpus_indexes, memorisation_line, memorisation_report
 from shakegpt.memory import fit_micro_batch
 from shakegpt.model import GPT, MLP, Block, CausalSelfAttention, KVCache, causal_mask
-from shakegpt.optim import configure_optimizer, estimate_mfu, flops_per_token, get_lr
+from shakegpt.optim import configure_optimizer, decay_groups, estimate_mfu, flops_per_token, get_lr
 from shakegpt.peers import bench_generate, bench_peer
 from shakegpt.plots import plot_loss_curves, plot_lr_schedule, save_figure
 from shakegpt.sampling import encode_prompt, generate, generate_stream, sample_text
@@ -83,6 +83,7 @@ __all__ = [
     "ShakeGPTError",
     "first_line",
     "exercise_check",
+    "forbidden",
     # 01 tokenizer: byte-pair encoding, the corpora, the split, the batch loader
     "get_tokenizer",
     "END_OF_TEXT",
@@ -116,15 +117,17 @@ __all__ = [
     "ChunkedLinearCrossEntropy",
     "chunked_cross_entropy",
     "configure_optimizer",
+    "decay_groups",
     "flops_per_token",
     "peak_flops",
     "estimate_mfu",
     "fit_micro_batch",
     "BenchSettings",
     "Ladder",
+    "RungSetup",
     "bench_ladder",
     "plot_ladder",
-    # 06 training: the settings, one step, evaluation, the run, checkpoints, curves
+    # 06 training: the settings, one step, the run, checkpoints, curves; 07 evaluation: evaluate, the memorisation run
     "TrainConfig",
     "MEMORISATION_RUN",
     "default_loss",
@@ -144,7 +147,7 @@ __all__ = [
     "resume_training",
     "model_from_checkpoint",
     "unwrap_model",
-    # 07 sampling: generation, the key/value cache, a trained model
+    # 08 sampling (and 07's memorisation measure): generation, the key/value cache, a trained model
     "KVCache",
     "encode_prompt",
     "generate",

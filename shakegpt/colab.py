@@ -1,5 +1,6 @@
-"""Google Colab, for the notebooks that train (06 and 07): a Colab runtime disconnects when idle and its disk is wiped
-with it, so a run folder kept on Google Drive is what lets `--resume` (TrainConfig(resume=True)) continue."""
+"""Google Colab, for the notebooks that train or read runs (06, 07 and 08): a Colab runtime disconnects when idle and
+its disk is wiped with it, so a run folder kept on Google Drive is what lets `--resume` (TrainConfig(resume=True))
+continue."""
 
 from __future__ import annotations
 

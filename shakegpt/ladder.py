@@ -3,6 +3,7 @@ training step timed on this device after each. `python -m shakegpt_utils bench l
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -20,7 +21,7 @@ from .benchmark import (
     summarise_times,
     timed_call,
 )
-from .config import GPT2_VOCAB_SIZE, PADDED_VOCAB_SIZE, ShakeGPTError, first_line, setting
+from .config import GPT2_VOCAB_SIZE, PADDED_VOCAB_SIZE, GPTConfig, ShakeGPTError, first_line, setting
 from .data import fixed_batches
 from .hardware import (
     DTYPES,
@@ -29,7 +30,6 @@ from .hardware import (
     compile_problem,
     describe_device,
     enable_tf32,
-    get_precision,
     gpu_has_native_bf16,
     peak_flops,
     set_seed,
@@ -37,66 +37,126 @@ from .hardware import (
 from .memory import MemoryFit, fit_micro_batch, memory_of
 from .model import GPT
 from .optim import configure_optimizer, estimate_mfu
-from .train import steps_at_any_batch, train_step
+from .train import default_loss, steps_at_any_batch, train_step
+
+
+@dataclass
+class RungSetup:
+    """What one rung trains, before it is built: the baseline, changed by the rungs below it and by the rung itself,
+    each a few lines of PyTorch (a notebook cell writes its own). Its `autocast` and `scaler` are what train_step
+    reads as the precision."""
+
+    device: torch.device
+    config: GPTConfig  # the model's shape, its attention and its loss
+    optimizer: Callable[[nn.Module], torch.optim.Optimizer]  # makes the optimizer of a model
+    compile: Callable[[nn.Module], nn.Module] = lambda model: model  # what trains: the model, or torch.compile(model)
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext  # entered for each forward
+    scaler: torch.amp.GradScaler | None = None  # fp16 only
+    grad_accum: int = 1  # micro-batches per optimizer step
+
+    def features(self) -> dict:
+        """What this setup amounts to, by name: its precision, TF32, attention, loss, compilation, vocabulary,
+        optimizer and accumulation (what a result row records)."""
+        dtype = getattr(self.autocast(), "fast_dtype", torch.float32)
+        probe = nn.Linear(1, 1, device=self.device)
+        return {
+            "dtype": {value: key for key, value in DTYPES.items()}[dtype],
+            "tf32": torch.backends.cuda.matmul.allow_tf32,
+            "attn_impl": self.config.attn_impl,
+            "loss_impl": self.config.loss_impl,
+            "compile": self.compile(probe) is not probe,
+            "vocab_size": self.config.vocab_size,
+            "fused_adamw": bool(self.optimizer(probe).defaults.get("fused")),
+            "grad_accum": self.grad_accum,
+        }
+
+
+# The library's code of each rung, as a notebook cell would write it: a function that changes a RungSetup.
+
+
+def keep_the_baseline(setup: RungSetup) -> None:
+    """float32 everywhere, textbook attention, full logits then cross-entropy, AdamW looping over the tensors."""
+
+
+def use_tf32(setup: RungSetup) -> None:
+    torch.backends.cuda.matmul.allow_tf32 = True  # float32 products on tensor cores, with a 10-bit mantissa
+    torch.backends.cudnn.allow_tf32 = True
+
+
+def use_autocast(setup: RungSetup) -> None:
+    dtype = DTYPES[auto_dtype(setup.device)]  # bf16 where the hardware has it, fp16 on older GPUs
+    setup.autocast = lambda: torch.autocast(setup.device.type, dtype=dtype)
+    setup.scaler = torch.amp.GradScaler(setup.device.type) if dtype == torch.float16 else None
+
+
+def use_sdpa(setup: RungSetup) -> None:
+    setup.config = setup.config.replace(attn_impl="sdpa")  # the model calls F.scaled_dot_product_attention
+
+
+def use_compile(setup: RungSetup) -> None:
+    setup.compile = torch.compile
+
+
+def use_chunked_loss(setup: RungSetup) -> None:
+    setup.config = setup.config.replace(loss_impl="chunked")
+
+
+def pad_the_vocabulary(setup: RungSetup) -> None:
+    setup.config = setup.config.replace(vocab_size=PADDED_VOCAB_SIZE)
+
+
+def use_fused_adamw(setup: RungSetup) -> None:
+    setup.optimizer = lambda model: configure_optimizer(model, device_type=setup.device.type, fused=True)
 
 
 @dataclass(frozen=True)
 class Rung:
-    """One step of the ladder: what it changes on top of the rungs below, and why that should be faster. A rung
-    with `kept_on` is measured everywhere but carried up the ladder only on those device types."""
+    """One step of the ladder: its code (a function that changes a RungSetup), why it should be faster, what a device
+    needs to take it, and where it is kept. A rung not kept on a device is measured there beside the ladder: the
+    rungs above it build on the rung below it."""
 
     name: str
-    change: dict
+    change: Callable[[RungSetup], None]
     why: str
-    kept_on: tuple[str, ...] | None = None
-    requires: tuple[str, ...] = ()  # features a rung below must have switched on
+    needs: str | None = None  # "tf32", "autocast", "compile" or "fused": see rung_problem
+    kept: Callable[[torch.device], bool] = lambda device: True
 
 
 def ladder_rungs(batch_size: int, grad_accum: int) -> list[Rung]:
-    """The ladder, cheapest and most general first; each rung keeps everything the rungs below enabled."""
+    """The ladder, cheapest and most general first. Each rung is measured on top of every rung below it that this
+    device keeps, so its gain over the rung below is its own: compiling comes before the choice of the loss, whose
+    fastest form differs between devices."""
+
+    def accumulate(setup: RungSetup) -> None:
+        setup.grad_accum = grad_accum  # train_step: grad_accum micro-batches, each loss / grad_accum, one update
+
     return [
-        Rung("fp32 baseline", {}, "plain float32 everywhere, textbook attention, full logits then cross-entropy"),
-        Rung("TF32", {"tf32": True}, "fp32 matrix products on tensor cores with a 10-bit mantissa"),
-        Rung("autocast", {"dtype": "auto"}, "matrix products in bf16 (fp16 with loss scaling on older GPUs)"),
-        Rung("SDPA flash attention", {"attn_impl": "sdpa"}, "one fused attention kernel, no T x T matrix in memory"),
+        Rung("fp32 baseline", keep_the_baseline, "plain float32, textbook attention, full logits then cross-entropy"),
+        Rung("TF32", use_tf32, "fp32 matrix products on tensor cores with a 10-bit mantissa", needs="tf32"),
+        Rung("autocast", use_autocast, "matrix products in bf16 (fp16 with loss scaling on older GPUs)", "autocast"),
+        Rung("SDPA attention", use_sdpa, "one fused attention kernel, no T x T matrix in memory"),
+        Rung("torch.compile", use_compile, "kernels fused by the compiler, fewer trips through memory", "compile"),
         Rung(
             "chunked cross-entropy",
-            {"loss_impl": "chunked"},
-            "output layer and loss by chunks of rows: never the full tokens x vocab logits",
+            use_chunked_loss,
+            "output layer and loss by chunks of rows: never the full tokens x vocab logits (kept where training uses "
+            "it: off CUDA)",
+            kept=lambda device: default_loss(device) == "chunked",
         ),
-        Rung("torch.compile", {"compile": True}, "kernels fused by the compiler, fewer trips through memory"),
-        Rung(
-            "compiled full cross-entropy",
-            {"loss_impl": "full"},
-            "full logits and F.cross_entropy inside the compiled graph (nanoGPT's way; kept on CUDA, where it wins)",
-            kept_on=("cuda",),
-            requires=("compile",),
-        ),
-        Rung("vocab 50304", {"vocab_size": PADDED_VOCAB_SIZE}, "a vocabulary padded to a multiple of 128"),
+        Rung("vocab 50304", pad_the_vocabulary, "a vocabulary padded to a multiple of 128"),
         Rung(
             "fused AdamW",
-            {"fused_adamw": True},
+            use_fused_adamw,
             "the update in fused kernels; below it fused=False, so torch loops over the tensors (no foreach)",
+            needs="fused",
         ),
         Rung(
             "gradient accumulation",
-            {"grad_accum": grad_accum},
+            accumulate,
             f"{grad_accum} micro-steps of {batch_size} sequences (unchanged) per optimizer step: "
             f"{grad_accum}x the tokens per step",
         ),
     ]
-
-
-BASELINE_FEATURES = {
-    "dtype": "fp32",
-    "tf32": False,
-    "attn_impl": "manual",
-    "loss_impl": "full",
-    "compile": False,
-    "vocab_size": GPT2_VOCAB_SIZE,
-    "fused_adamw": False,
-    "grad_accum": 1,
-}
 
 
 def fused_adamw_problem(device: torch.device) -> str | None:
@@ -119,28 +179,29 @@ def ladder_compile_problem(device: torch.device, compile_allowed: bool) -> str |
 
 def rung_problem(rung: Rung, device: torch.device, compile_allowed: bool) -> str | None:
     """Why this device cannot take this rung (a sentence), or None when it can."""
-    if rung.change.get("tf32") and not gpu_has_native_bf16(device):
+    if rung.needs == "tf32" and not gpu_has_native_bf16(device):
         return (
             f"TF32 is a tensor-core format of NVIDIA GPUs from Ampere (compute capability 8.0) on; {device.type} "
             "has none, so float32 products stay float32"
         )
-    if rung.change.get("dtype") == "auto" and auto_dtype(device) == "fp32":
+    if rung.needs == "autocast" and auto_dtype(device) == "fp32":
         return (
             "no native bf16 here (and fp16 with loss scaling is for GPUs without bf16): autocast would only add "
             "casts, so this device trains in float32"
         )
-    if rung.change.get("compile"):
+    if rung.needs == "compile":
         return ladder_compile_problem(device, compile_allowed)
-    if rung.change.get("fused_adamw"):
+    if rung.needs == "fused":
         return fused_adamw_problem(device)
     return None
 
 
 class Ladder:
     """The optimization ladder on one device. A notebook measures each rung in its own cell, in any order and as
-    often as it likes: a rung's configuration is the baseline plus the changes of every rung below it that this
-    device takes (and that did not fail here). A rung the device cannot take is recorded as skipped, with the
-    reason, and changes nothing."""
+    often as it likes, and may pass the rung's code as a function of a RungSetup (the library's is used otherwise). A
+    rung is measured on a fresh RungSetup: the baseline with the code of every rung below it that this device keeps
+    (and that did not fail here), the compiler's caches cleared and TF32 off first, so a cell re-run on its own
+    measures the same thing. A rung the device cannot take is recorded as skipped, with the reason."""
 
     def __init__(self, settings: BenchSettings | None = None, log: Callable[[str], None] = print):
         self.settings, self.device = resolve_for_device(settings)
@@ -149,7 +210,16 @@ class Ladder:
         # The last rung accumulates grad_accum micro-steps; at least 2, since a training run's default 1 accumulates
         # nothing.
         self.rungs = ladder_rungs(self.settings.batch_size, max(2, self.settings.grad_accum))
+        self.changes = {rung.name: rung.change for rung in self.rungs}  # the code each rung runs: a cell's, once given
         self.rows: dict[str, dict] = {}
+
+    def baseline(self) -> RungSetup:
+        """The bottom rung: float32, textbook attention, full logits, GPT-2's vocabulary, AdamW with fused=False."""
+        config = self.settings.model_config(vocab_size=GPT2_VOCAB_SIZE, attn_impl="manual", loss_impl="full")
+        device_type = self.device.type
+        return RungSetup(
+            self.device, config, lambda model: configure_optimizer(model, device_type=device_type, fused=False)
+        )
 
     def fit_to_memory(self) -> MemoryFit | None:
         """On a GPU, one micro-batch for every rung: the largest (a divisor of the one asked for) with which the
@@ -158,31 +228,43 @@ class Ladder:
         memory = memory_of(self.device)
         if memory is None or not self.settings.fit_memory:
             return None
-        _, model, optimizer = self.build(BASELINE_FEATURES)
-        step = steps_at_any_batch(
-            model, optimizer, get_precision(self.device, "fp32"), self.device, self.settings.seq_len
-        )
+        setup = self.fresh(self.baseline())
+        _, model, optimizer = self.build(setup)
+        step = steps_at_any_batch(model, optimizer, setup, self.device, self.settings.seq_len)
         fit = fit_micro_batch(step, self.settings.batch_size, self.settings.seq_len, memory)
         self.settings = replace(self.settings, batch_size=fit.batch_size)
         self.log(f"every rung: {fit.line()}")
         return fit
 
-    def features_below(self, index: int) -> dict:
-        """The configuration the rung at `index` starts from."""
-        features = {**BASELINE_FEATURES, "batch_size": self.settings.batch_size}
+    def fresh(self, setup: RungSetup) -> RungSetup:
+        """`setup` with TF32 off, whatever an earlier rung (or cell) switched on: only its rungs switch it."""
+        enable_tf32(self.device, False)
+        return setup
+
+    def taken(self, rung: Rung) -> bool:
+        """Whether the rungs above build on this one here: the device takes it, keeps it, and it did not fail."""
+        failed = self.rows.get(rung.name, {}).get("skipped", False)
+        problem = rung_problem(rung, self.device, self.settings.compile)
+        return not failed and problem is None and rung.kept(self.device)
+
+    def setup_below(self, index: int) -> RungSetup:
+        """A fresh RungSetup with the code of every rung below `index` that this device keeps (see `taken`)."""
+        setup = self.fresh(self.baseline())
         for rung in self.rungs[:index]:
-            failed = self.rows.get(rung.name, {}).get("skipped", False)
-            if failed or rung_problem(rung, self.device, self.settings.compile) is not None:
-                continue
-            if rung.kept_on is None or self.device.type in rung.kept_on:
-                features.update(rung.change)
-        if features["dtype"] == "auto":
-            features["dtype"] = auto_dtype(self.device)
-        return features
+            if self.taken(rung):
+                self.changes[rung.name](setup)
+        return setup
+
+    def features_below(self, index: int) -> dict:
+        """What the rung at `index` starts from, by name (see RungSetup.features)."""
+        try:
+            return {**self.setup_below(index).features(), "batch_size": self.settings.batch_size}
+        finally:
+            enable_tf32(self.device, False)
 
     @property
     def features(self) -> dict:
-        """The configuration at the top of the ladder: every rung this device takes (and that did not fail)."""
+        """The configuration at the top of the ladder: every rung this device keeps (and that did not fail)."""
         return self.features_below(len(self.rungs))
 
     def rung_index(self, name: str) -> int:
@@ -191,31 +273,31 @@ class Ladder:
             raise ShakeGPTError(f"no rung called {name!r}; the rungs are: {', '.join(names)}.")
         return names.index(name)
 
-    def climb(self, name: str | None = None) -> dict:
-        """Measure the rung called `name` (by default the lowest one not measured yet) and return its row; measuring
-        a rung again replaces its row."""
+    def climb(self, name: str | None = None, change: Callable[[RungSetup], None] | None = None) -> dict:
+        """Measure the rung called `name` (by default the lowest one not measured yet) and return its row. `change`
+        is the rung's code as a cell writes it; from then on it replaces the library's, also under the rungs above.
+        Measuring a rung again replaces its row."""
         if name is None:
             name = next((rung.name for rung in self.rungs if rung.name not in self.rows), None)
             if name is None:
                 raise ShakeGPTError("every rung of the ladder has been measured already.")
         index = self.rung_index(name)
-        rung, below = self.rungs[index], self.features_below(index)
-        candidate = {**below, **rung.change}
-        if candidate["dtype"] == "auto":
-            candidate["dtype"] = auto_dtype(self.device)
-        row = {"name": rung.name, "why": rung.why, "features": candidate}
-        missing = [feature for feature in rung.requires if not below[feature]]
+        rung = self.rungs[index]
+        if change is not None:
+            self.changes[name] = change
+        self.rows.pop(name, None)  # a rung measured again starts clean; one that failed may be taken now
+        below = self.features_below(index)
         reason = rung_problem(rung, self.device, self.settings.compile)
-        if reason is None and missing:
-            reason = f"it needs {', '.join(missing)}, which did not run on this device"
-        reason = reason or self.try_measure(candidate, row)
-        if reason is None and "attn_impl" in rung.change:
-            row["attention_kernel"] = self.attention_kernel(candidate)
+        row = {"name": name, "why": rung.why, "kept": rung.kept(self.device)}
+        if reason is None:
+            setup = self.setup_below(index)
+            self.changes[name](setup)
+            reason = self.try_measure(setup, row)
         if reason is not None:
-            row = {"name": rung.name, "why": rung.why, "features": below, "skipped": True, "reason": reason}
-        self.rows[rung.name] = row
-        add_speedups(self.ordered_rows())
-        self.log(rung_line(row))
+            row = {"name": name, "why": rung.why, "kept": False, "features": below, "skipped": True, "reason": reason}
+        self.rows[name] = row
+        self.add_gains()
+        self.log(rung_line(row, self.device))
         return row
 
     def climb_all(self) -> dict:
@@ -232,60 +314,71 @@ class Ladder:
         """What was measured so far, with the device, versions and settings."""
         return {**result_header("ladder", self.device, self.settings.to_dict()), "rows": self.ordered_rows()}
 
-    def attention_kernel(self, features: dict) -> str:
-        """The kernel scaled_dot_product_attention runs for the model of `features` at its precision."""
-        config = self.settings.model_config()
-        return attention_kernel(
-            self.device, DTYPES[features["dtype"]], config.n_head, config.head_size, self.settings.seq_len
-        )
+    def add_gains(self) -> None:
+        """Each measured row's speed-up over the baseline, and its gain over the rung it was built on (the nearest
+        rung below it that this device keeps), when that one is measured: what this rung alone bought here."""
+        baseline = next((row for row in self.ordered_rows() if not row["skipped"]), None)
+        built_on = None
+        for rung in self.rungs:
+            row = self.rows.get(rung.name)
+            if row is not None and not row["skipped"]:
+                row["speedup"] = row["tokens_per_s"] / baseline["tokens_per_s"]
+                row.pop("gain", None)
+                if built_on is not None and not built_on["skipped"]:
+                    row["gain"], row["built_on"] = row["tokens_per_s"] / built_on["tokens_per_s"], built_on["name"]
+                    row["new_kernel"] = row.get("attention_kernel") != built_on.get("attention_kernel")
+            if self.taken(rung):
+                built_on = row if row is not None else {"skipped": True}
 
-    def build(self, features: dict) -> tuple[nn.Module, GPT, torch.optim.Optimizer]:
-        """A freshly initialised model (same seed every rung), maybe compiled, and its optimizer. The compiler's
-        caches and the TF32 switch are reset first, so a rung measures only what its features say."""
+    def build(self, setup: RungSetup) -> tuple[nn.Module, GPT, torch.optim.Optimizer]:
+        """A freshly initialised model of the setup (the same seed every rung), what trains (it, or its compiled
+        form), and its optimizer. The compiler's caches are cleared first: nothing compiled for another rung is
+        reused."""
         torch._dynamo.reset()
-        enable_tf32(self.device, features["tf32"])
         set_seed(self.settings.seed)
-        changes = {name: features[name] for name in ("vocab_size", "attn_impl", "loss_impl")}
-        model = GPT(self.settings.model_config(**changes)).to(self.device)
-        optimizer = configure_optimizer(model, device_type=self.device.type, fused=features["fused_adamw"])
-        runnable = torch.compile(model) if features["compile"] else model
-        return runnable, model, optimizer
+        model = GPT(setup.config).to(self.device)
+        return setup.compile(model), model, setup.optimizer(model)
 
-    def measure(self, features: dict) -> dict:
-        """Warm up, then time `steps` optimizer steps of the configuration `features` describes."""
+    def measure(self, setup: RungSetup) -> dict:
+        """Warm up, then time `steps` optimizer steps of what `setup` describes."""
         s, seq_len = self.settings, self.settings.seq_len
-        runnable, model, optimizer = self.build(features)
-        precision = get_precision(self.device, features["dtype"])
-        batches = fixed_batches(GPT2_VOCAB_SIZE, features["batch_size"], seq_len, s.seed)
-        grad_accum = features["grad_accum"]
-        step = lambda: train_step(runnable, optimizer, batches, grad_accum, precision, self.device)[0]  # noqa: E731
+        features = {**setup.features(), "batch_size": s.batch_size}
+        runnable, model, optimizer = self.build(setup)
+        batches = fixed_batches(GPT2_VOCAB_SIZE, s.batch_size, seq_len, s.seed)
+        step = lambda: train_step(runnable, optimizer, batches, setup.grad_accum, setup, self.device)[0]  # noqa: E731
         reset_peak_memory(self.device)
         warmup_seconds = sum(timed_call(step, self.device)[0] for _ in range(s.warmup))
         timings = [timed_call(step, self.device) for _ in range(s.steps)]
-        tokens_per_step = features["batch_size"] * seq_len * grad_accum
+        tokens_per_step = s.batch_size * seq_len * setup.grad_accum
         row = summarise_times([t for t, _ in timings], tokens_per_step)
-        peak = peak_flops(self.device, precision.dtype)
+        peak = peak_flops(self.device, DTYPES[features["dtype"]])
         row["mfu"] = estimate_mfu(model.num_params(), model.config, seq_len, row["tokens_per_s"], peak)
         row.update(
+            features=features,
             peak_memory_mb=peak_memory_mb(self.device),
             loss=float(timings[-1][1]),
             warmup_s=warmup_seconds,
             tokens_per_step=tokens_per_step,
         )
+        if features["attn_impl"] == "sdpa":
+            config = setup.config
+            dtype = DTYPES[features["dtype"]]
+            row["attention_kernel"] = attention_kernel(self.device, dtype, config.n_head, config.head_size, seq_len)
         return row
 
-    def try_measure(self, features: dict, row: dict) -> str | None:
+    def try_measure(self, setup: RungSetup, row: dict) -> str | None:
         """Measure into `row`; a compile failure or running out of memory becomes the reason to skip the rung."""
+        compiling = setup.features()["compile"]
         try:
-            row.update(skipped=False, **self.measure(features))
+            row.update(skipped=False, **self.measure(setup))
         except torch.OutOfMemoryError:
-            batch_size = features["batch_size"]
+            batch_size = self.settings.batch_size
             return (
                 f"out of memory at {batch_size} sequences of {self.settings.seq_len:,} tokens per micro-step; a "
                 f"smaller {setting('batch_size')} (such as {max(1, batch_size // 2)}) fits more rungs"
             )
         except Exception as error:  # noqa: BLE001  (the compiler raises many types; any of them skips the rung)
-            if not features["compile"]:
+            if not compiling:
                 raise
             return f"torch.compile failed here: {type(error).__name__}: {first_line(error)}"
         finally:
@@ -293,24 +386,31 @@ class Ladder:
         return None
 
 
-def add_speedups(rows: list[dict]) -> None:
-    """Each measured row's throughput relative to the first measured row."""
-    measured = [row for row in rows if not row["skipped"]]
-    for row in measured:
-        row["speedup"] = row["tokens_per_s"] / measured[0]["tokens_per_s"]
+def gain_note(row: dict) -> str:
+    """What a measured rung bought over the rung it was built on, in words when it bought nothing."""
+    if "gain" not in row:
+        return ""
+    gain, verdict = row["gain"], ""
+    if gain < 0.97:
+        verdict = ": slower here"
+    elif gain < 1.03:
+        verdict = ": buys nothing here"
+    return f"  x{gain:.2f} over {row['built_on']}{verdict}"
 
 
-def rung_line(row: dict) -> str:
+def rung_line(row: dict, device: torch.device) -> str:
     """One printed line per rung."""
     if row["skipped"]:
         return f"{row['name']:<28} skipped: {row['reason']}"
     mfu = f"{100 * row['mfu']:5.1f}%" if row.get("mfu") is not None else "   n/a"
     memory = f"{row['peak_memory_mb']:8.0f} MB" if row["peak_memory_mb"] is not None else "     n/a"
-    kernel = f"  attention kernel: {row['attention_kernel']}" if "attention_kernel" in row else ""
+    shown = "attention_kernel" in row and row.get("new_kernel", True)  # where it changed
+    kernel = f"  attention kernel: {row['attention_kernel']}" if shown else ""
+    beside = "" if row["kept"] else f"  (beside the ladder: not kept on {device.type})"
     return (
         f"{row['name']:<28} {row['ms_median']:9.1f} ms/step ({row['ms_min']:.0f}-{row['ms_max']:.0f})"
         f" {row['tokens_per_s']:10.0f} tok/s  MFU {mfu}  peak {memory}  loss {row['loss']:.3f}"
-        f"  warm-up {row['warmup_s']:.1f} s{kernel}"
+        f"  warm-up {row['warmup_s']:.1f} s{kernel}{gain_note(row)}{beside}"
     )
 
 
@@ -324,7 +424,8 @@ def bench_ladder(settings: BenchSettings | None = None, log: Callable[[str], Non
 
 def plot_ladder(result: dict) -> plt.Figure:
     """Tokens per second of each rung as horizontal bars with the min-max range of its step times as error bars, and
-    the speed-up over the baseline; skipped rungs keep their place, marked as skipped."""
+    the speed-up over the baseline; a rung measured beside the ladder (not kept on this device) in another colour,
+    skipped rungs in their place, marked as skipped."""
     rows = result["rows"]
     fig, ax = plt.subplots(figsize=(9, 0.5 * len(rows) + 1.5))
     names = [row["name"] for row in rows]
@@ -332,11 +433,15 @@ def plot_ladder(result: dict) -> plt.Figure:
     # The whiskers reach the throughput of the slowest and of the fastest timed step, as the rows record them.
     below = [0 if row["skipped"] else v - row["tokens_per_s_min"] for row, v in zip(rows, values, strict=True)]
     above = [0 if row["skipped"] else row["tokens_per_s_max"] - v for row, v in zip(rows, values, strict=True)]
-    colors = ["lightgray" if row["skipped"] else "tab:blue" for row in rows]
+    beside = [not row["skipped"] and not row.get("kept", True) for row in rows]  # measured, not built upon
+    colors = [
+        "lightgray" if row["skipped"] else "tab:orange" if aside else "tab:blue"
+        for row, aside in zip(rows, beside, strict=True)
+    ]
     ax.barh(names, values, color=colors, xerr=[below, above], capsize=3, ecolor="black")
-    for y, row in enumerate(rows):
+    for y, (row, aside) in enumerate(zip(rows, beside, strict=True)):
         label = "skipped" if row["skipped"] else f"{row['tokens_per_s']:,.0f} tok/s (x{row['speedup']:.2f})"
-        ax.text(max(values) * 0.01, y, label, va="center", fontsize=8, color="black")
+        ax.text(max(values) * 0.01, y, label + (", beside the ladder" if aside else ""), va="center", fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("training tokens per second (bars: median step; whiskers: fastest and slowest step)")
     ax.set_title(f"optimization ladder — {result['settings']['preset']} preset\n{device_label(result)}", fontsize=9)

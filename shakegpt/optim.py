@@ -21,14 +21,19 @@ def configure_optimizer(
 ) -> torch.optim.AdamW:
     """AdamW that decays only matrices (weights of linear layers and embeddings), never biases or LayerNorm
     gains; fused into one kernel on CUDA unless `fused` says otherwise."""
+    if fused is None:
+        fused = device_type == "cuda"
+    return torch.optim.AdamW(decay_groups(model, weight_decay), lr=lr, betas=betas, eps=1e-8, fused=fused)
+
+
+def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """The model's trained parameters in two groups for AdamW: matrices decayed by `weight_decay`, biases and
+    LayerNorm gains not at all (shrinking them towards zero would only fight the normalisation)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
+    return [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    if fused is None:
-        fused = device_type == "cuda"
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=1e-8, fused=fused)
 
 
 def get_lr(step: int, max_lr: float, min_lr: float, warmup_steps: int, max_steps: int) -> float:

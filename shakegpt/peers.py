@@ -1,5 +1,5 @@
 """Our GPT against transformers' GPT-2, with the same weights: the training step (`bench peer`) and greedy decoding
-(`bench generate`). These back the README's numbers; notebook 07 measures the key/value cache the same way."""
+(`bench generate`). These back the README's numbers; notebook 08 measures the key/value cache the same way."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Sampling, taught in notebook 07: autoregressive generation with a key/value cache, and a text-in, text-out
+"""Sampling, taught in notebook 08: autoregressive generation with a key/value cache, and a text-in, text-out
 helper for the command line and the app."""
 
 from __future__ import annotations

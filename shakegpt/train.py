@@ -52,6 +52,7 @@ from .memory import MemoryFit, fit_micro_batch, memory_of, out_of_memory_advice
 from .model import GPT
 from .optim import configure_optimizer, estimate_mfu, get_lr
 from .plots import plot_loss_curves, save_figure
+from .progress import progress_bar
 from .sampling import sample_text
 
 
@@ -99,7 +100,7 @@ class TrainConfig:
     out: str = option("runs/shakespeare", "output folder")
     resume: bool = option(False, "continue from OUT/last.pt")
     tensorboard: bool = option(True, "write TensorBoard event files")
-    progress: bool = option(True, "show a progress bar")
+    progress: bool = option(True, "show progress: a bar in a terminal, one line in a notebook, none in a file or pipe")
 
     def resolve(self, device: torch.device | str = "cpu", world_size: int = 1) -> TrainConfig:
         """A copy with every None filled for this device and preset, and the gradient accumulation that a
@@ -181,9 +182,9 @@ RUN_DEFAULTS = {
 }  # fmt: skip
 
 
-# Memorising a slice on a CPU (notebook 06): the small model reads the first 8,000 training tokens (31 windows of
+# Memorising a slice on a CPU (notebook 07): the small model reads the first 8,000 training tokens (31 windows of
 # 256) until its training loss is below 0.1, evaluated often enough that the validation minimum and the rise after
-# it show (notebook 06 measures where, and how long it takes).
+# it show (notebook 07 measures where, and how long it takes).
 MEMORISATION_RUN = dict(
     preset="small", train_tokens=8000, batch_size=8, seq_len=256, max_steps=500, lr=2e-3, warmup_steps=20,
     eval_interval=10, log_interval=10, ckpt_interval=500, sample_interval=0, target_loss=0.1,
@@ -480,12 +481,19 @@ class Run:
             return model
         return DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
+    @property
+    def eval_windows(self) -> int:
+        """How many validation windows every evaluation reads: eval_batches x batch_size x processes, with the batch
+        size asked for (a micro-batch fitted to the GPU's memory changes how many go through at once, not which)."""
+        batch_size = self.memory_fit.requested if self.memory_fit else self.cfg.batch_size
+        return self.cfg.eval_batches * batch_size * self.dist.world_size
+
     def evaluate(self) -> float:
-        """The validation loss on the same eval_batches x batch_size x processes windows every time (the batch size
-        asked for: a micro-batch fitted to the GPU's memory changes how many windows go through at once, not which)."""
+        """The validation loss on the same `eval_windows` windows every time."""
         cfg, world = self.cfg, self.dist.world_size
-        n_windows = cfg.eval_batches * (self.memory_fit.requested if self.memory_fit else cfg.batch_size) * world
-        windows = evaluation_windows(self.val_tokens, cfg.batch_size, cfg.seq_len, n_windows, self.dist.rank, world)
+        windows = evaluation_windows(
+            self.val_tokens, cfg.batch_size, cfg.seq_len, self.eval_windows, self.dist.rank, world
+        )
         # The plain model: the compiled one would compile again for eval mode without gradients (tens of seconds
         # on a GPU, at every evaluation whose shapes differ), and DDP has nothing to synchronise here.
         return evaluate(self.model, windows, self.precision, self.device)
@@ -671,11 +679,7 @@ def train_loop(run: Run) -> str:
     Returns why it stopped. The device is waited for once per log window, never per step, and the first step
     (which compiles) is timed apart from the others."""
     cfg, state, device = run.cfg, run.state, run.device
-    progress = None
-    if run.dist.is_main and cfg.progress:
-        from tqdm import tqdm
-
-        progress = tqdm(total=cfg.max_steps, initial=state.step, unit="step", dynamic_ncols=True, file=sys.stdout)
+    progress = progress_bar(cfg.max_steps, state.step) if run.dist.is_main and cfg.progress else None
     peak, n_params = peak_flops(device, run.precision.dtype), run.model.num_params()
     window: list[torch.Tensor] = []
     first_step, window_start, timed_in_window = state.step + 1, time.perf_counter(), 0
@@ -772,6 +776,7 @@ def finish_run(run: Run, stop_reason: str) -> dict:
         "time_to_target_s": state.time_to_target_s,
         "best_val_loss": state.best_val_loss if math.isfinite(state.best_val_loss) else None,
         "best_val_step": state.best_val_step,
+        "eval_windows": run.eval_windows,
         "final_train_loss": metrics[-1]["loss"] if metrics else None,
         "mean_tok_per_s": state.timed_steps * run.tokens_per_step / state.train_s if state.train_s else None,
         "n_params": run.model.num_params(),

@@ -330,7 +330,7 @@ def test_the_notebook_way_serves_the_page_and_the_notebook_goes_on(
 ):
     """Notebook 07's cell: `app.launch_in_notebook(checkpoint)` returns at once with the page served from this process;
     the page describes the model and its API writes what sample_text writes."""
-    demo = app.launch_in_notebook(checkpoint, device="cpu")  # as notebook 07 calls it
+    demo = app.launch_in_notebook(checkpoint, device="cpu")  # as notebook 08 calls it
     try:
         with urllib.request.urlopen(demo.local_url, timeout=30) as response:
             assert response.status == 200 and "ShakeGPT" in response.read().decode()

@@ -15,6 +15,7 @@ import torch
 
 import shakegpt.ladder
 import shakegpt.peers
+import shakegpt_utils as sg
 from shakegpt.benchmark import BenchSettings
 from shakegpt.cli import main
 from shakegpt.hardware import DTYPES, attention_kernel
@@ -24,10 +25,9 @@ LADDER = [
     "fp32 baseline",
     "TF32",
     "autocast",
-    "SDPA flash attention",
-    "chunked cross-entropy",
+    "SDPA attention",
     "torch.compile",
-    "compiled full cross-entropy",
+    "chunked cross-entropy",
     "vocab 50304",
     "fused AdamW",
     "gradient accumulation",
@@ -91,7 +91,6 @@ def test_ladder_reports_every_rung_measured_or_skipped_with_a_reason(tmp_path, f
     # What a CPU cannot do, and what this run switched off, is skipped with the reason and not enabled afterwards.
     assert rows["TF32"]["skipped"] and "TF32" in rows["TF32"]["reason"]
     assert rows["torch.compile"]["skipped"] and "--no-compile" in rows["torch.compile"]["reason"]
-    assert rows["compiled full cross-entropy"]["skipped"] and "compile" in rows["compiled full cross-entropy"]["reason"]
     last = rows["gradient accumulation"]
     assert not last["skipped"] and not last["features"]["tf32"] and not last["features"]["compile"]
     # Rungs accumulate: the last one has everything that ran below it, plus its own change.
@@ -108,11 +107,13 @@ def test_ladder_reports_every_rung_measured_or_skipped_with_a_reason(tmp_path, f
     assert printed.splitlines()[0] == result["device"]
     assert "TF32" in printed and "skipped:" in printed
     # The attention rung names the kernel SDPA runs here, as PyTorch's dispatcher picks it for the rung's precision.
-    sdpa = rows["SDPA flash attention"]
+    sdpa = rows["SDPA attention"]
     kernel = attention_kernel("cpu", DTYPES[sdpa["features"]["dtype"]], n_head=2, head_size=32, seq_len=8)
     assert sdpa["attention_kernel"] == kernel == "flash (CPU)"
     assert f"attention kernel: {kernel}" in next(line for line in printed.splitlines() if line.startswith("SDPA"))
-    assert all("attention_kernel" not in row for row in result["rows"] if row is not sdpa)
+    measured = [row for row in result["rows"] if not row["skipped"]]
+    assert all(("attention_kernel" in row) == (row["features"]["attn_impl"] == "sdpa") for row in measured)
+    assert sum("attention kernel: " in line for line in printed.splitlines()) == 1  # printed where it changed
 
 
 def test_peer_compares_the_same_shapes_and_writes_the_ratios(tmp_path, figures, capsys):
@@ -211,30 +212,30 @@ def test_every_rung_can_be_measured_again_on_its_own_with_the_compiler_and_tf32_
     monkeypatch.setattr(shakegpt.ladder, "train_step", spying_step)
     settings = BenchSettings(preset="tiny", batch_size=1, seq_len=8, steps=1, warmup=0, compile=False, device="cpu")
     ladder = Ladder(settings, log=lambda line: None)
-    first = ladder.climb("SDPA flash attention")  # out of order: it starts from the rungs below it
+    first = ladder.climb("SDPA attention")  # out of order: it starts from the rungs below it
     assert first["features"]["attn_impl"] == "sdpa" and first["features"]["loss_impl"] == "full"
     ladder.climb("fp32 baseline")
     torch.backends.cuda.matmul.allow_tf32 = True  # as a TF32 rung on an Ampere GPU would leave it
     try:
-        again = ladder.climb("SDPA flash attention")
+        again = ladder.climb("SDPA attention")
     finally:
         torch.backends.cuda.matmul.allow_tf32 = False
     assert again["features"] == first["features"]
-    assert [row["name"] for row in ladder.result()["rows"]] == ["fp32 baseline", "SDPA flash attention"]
+    assert [row["name"] for row in ladder.result()["rows"]] == ["fp32 baseline", "SDPA attention"]
     assert len(resets) == 3 and tf32_while_stepping == [False, False, False]
     assert ladder.result()["rows"][0]["speedup"] == 1.0
 
 
-def test_the_training_loss_is_kept_above_its_rung_only_where_training_uses_it(monkeypatch):
-    """The compiled full cross-entropy is measured everywhere compile runs; rungs above it train with the loss
-    `train` picks for the device: full on CUDA, chunked elsewhere."""
+def test_the_chunked_loss_is_kept_above_its_rung_only_where_training_uses_it(monkeypatch):
+    """The chunked loss is measured everywhere; rungs above it train with the loss `train` picks for the device:
+    chunked off CUDA, and on CUDA the full loss, the chunked one being measured beside the ladder."""
     monkeypatch.setattr(shakegpt.ladder, "rung_problem", lambda rung, device, allowed: None)  # it takes every rung
-    monkeypatch.setattr(shakegpt.ladder, "auto_dtype", lambda device: "bf16")
     ladder = Ladder(BenchSettings(preset="tiny", device="cpu"), log=lambda line: None)
-    above = ladder.rung_index("vocab 50304")
-    assert ladder.features_below(above)["loss_impl"] == "chunked"
-    ladder.device = torch.device("cuda")  # only the device's type is read here
-    assert ladder.features_below(above)["loss_impl"] == "full"
+    above, chunked = ladder.rung_index("vocab 50304"), ladder.rungs[ladder.rung_index("chunked cross-entropy")]
+    assert ladder.features_below(above)["loss_impl"] == "chunked" and chunked.kept(torch.device("cpu"))
+    assert not chunked.kept(torch.device("cuda"))  # only the device's type is read
+    ladder.device = torch.device("meta")  # a device type that is not CUDA either, to check the rule is the loss's
+    assert chunked.kept(ladder.device) == (sg.default_loss(ladder.device) == "chunked")
 
 
 def test_the_ladder_figure_draws_each_rung_from_its_slowest_to_its_fastest_step():

@@ -262,20 +262,20 @@ def test_a_failing_or_over_time_notebook_names_its_cell(tmp_path, monkeypatch, g
     once; the executed copy saved."""
     monkeypatch.setattr(gpu_check, "NOTEBOOK_DIR", tmp_path)
     cells = [nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell(source), nbformat.v4.new_code_cell("y = 2")]
-    nbformat.write(nbformat.v4.new_notebook(cells=cells), tmp_path / "07_sampling.ipynb")
+    nbformat.write(nbformat.v4.new_notebook(cells=cells), tmp_path / "08_sampling.ipynb")
     args = argparse.Namespace(out=tmp_path / "out", t4_max_steps=1)
     args.out.mkdir()
     started = time.monotonic()
-    measured, problems = gpu_check.check_notebook("07_sampling", torch.device("cpu"), args, limit_s, t4=False)
+    measured, problems = gpu_check.check_notebook("08_sampling", torch.device("cpu"), args, limit_s, t4=False)
     assert time.monotonic() - started < limit_s + 20
     assert len(problems) == 1 and re.fullmatch(f"cell {cells[1].id}: {error}", problems[0])
     assert measured == {"peak_allocated_mib": None, "peak_reserved_mib": None, "skipped_rungs": None}
-    saved = nbformat.read(args.out / "notebooks" / "07_sampling.ipynb", as_version=4)
+    saved = nbformat.read(args.out / "notebooks" / "08_sampling.ipynb", as_version=4)
     assert [cell.source for cell in saved.cells] == [cell.source for cell in cells]
     assert saved.cells[0].execution_count == 1 and saved.cells[2].execution_count is None
 
 
-@pytest.mark.parametrize("name", ["05_optimizations", "06_train_shakespeare", "07_sampling"])
+@pytest.mark.parametrize("name", ["05_optimizations", "06_training", "07_evaluation", "08_sampling"])
 def test_t4_cells_come_first_and_cut_only_the_training_steps(name: str, gpu_check):
     """The T4 cell right after the Colab set-up, so the package sees a T4 from its first use; the steps cell right
     after the parameters, where it changes only max_steps of notebook 06's SETTINGS, in their real (not smoke) mode."""
@@ -296,13 +296,13 @@ def test_t4_cells_come_first_and_cut_only_the_training_steps(name: str, gpu_chec
     before = namespace.get("SETTINGS")
     exec(nb.cells[parameters + 1].source, namespace)
     assert namespace.get("SETTINGS") == (None if before is None else {**before, "max_steps": 200})
-    assert (before is not None) == (name == "06_train_shakespeare")
+    assert (before is not None) == (name == "06_training")
 
 
 @pytest.mark.parametrize(
     "option, message",
     [(["--part", "tests,everything"], "--part takes a comma-separated list of tests, reference, ladder, notebooks, t4"),
-     (["--notebooks", "08_x"], "--notebooks takes a comma-separated list of 05_optimizations, 06_train_shakespeare"),
+     (["--notebooks", "08_x"], "--notebooks takes a comma-separated list of 05_optimizations, 06_training"),
      (["--pytest-args", "-k 'unclosed"], "argument --pytest-args: invalid split value")],
 )  # fmt: skip
 def test_a_bad_option_is_one_line_of_error(capsys, gpu_check, option: list[str], message: str):

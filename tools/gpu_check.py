@@ -2,7 +2,7 @@
 """A one-shot check of ShakeGPT on a GPU machine without internet, in parts of at most 8 minutes on an H100:
 
     python3 tools/gpu_check.py --out OUT [--part tests,reference,ladder]  # the default parts (tools/gpu_check.sh)
-    python3 tools/gpu_check.py --out OUT --part notebooks                 # then notebooks 05-07, then the t4 part
+    python3 tools/gpu_check.py --out OUT --part notebooks                 # then notebooks 05-08, then the t4 part
     python3 tools/gpu_check.py --out OUT --device cpu --preset tiny ...   # the dry run tests/test_gpu_check.py makes
 
   tests      `pytest -m device --device DEVICE` (--pytest-args adds arguments): counts, failures, skips;
@@ -50,7 +50,7 @@ from shakegpt.hardware import versions  # noqa: E402
 
 NOTEBOOK_DIR = ROOT / "notebooks"
 PARTS = ("tests", "reference", "ladder", "notebooks", "t4")
-NOTEBOOKS = ("05_optimizations", "06_train_shakespeare", "07_sampling")
+NOTEBOOKS = ("05_optimizations", "06_training", "07_evaluation", "08_sampling")
 TARGET_LOSS = 0.1  # the reference run's --target-loss
 SAMPLE_PROMPT = "Hello world: tell to"  # the reference result's five samples start from it
 SAMPLES_LIMIT_S = 90.0  # for loading a checkpoint and writing five samples
