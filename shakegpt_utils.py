@@ -29,6 +29,7 @@ from shakegpt.config import (
     show_errors_in_one_line,
 )
 from shakegpt.data import CORPORA, TokenBatches, evaluation_windows, load_corpus, load_tokens, split_tokens
+from shakegpt.diagrams import draw_attention_shapes, draw_model_flow, draw_prenorm_block
 from shakegpt.exercises import exercise_check, forbidden
 from shakegpt.hardware import (
     Precision,
@@ -96,15 +97,18 @@ __all__ = [
     # 02 attention
     "causal_mask",
     "CausalSelfAttention",
+    "draw_attention_shapes",
     # 03 transformer block
     "MLP",
     "Block",
+    "draw_prenorm_block",
     # 04 GPT-2 model, and conversion to and from transformers
     "GPTConfig",
     "PRESETS",
     "GPT2_VOCAB_SIZE",
     "PADDED_VOCAB_SIZE",
     "GPT",
+    "draw_model_flow",
     "from_hf",
     "from_pretrained",
     "export_hf",

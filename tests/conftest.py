@@ -57,6 +57,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     """Register the `device` marker, and refuse at once a --device that is not here (one line, exit status 4)."""
     config.addinivalue_line("markers", "device: takes its device from --device (pytest -m device --device cuda)")
+    config.addinivalue_line("markers", "slow: executes notebooks, a minute or more each (CI runs them too)")
     requested = config.getoption("--device")
     try:
         get_device(requested)

@@ -1,8 +1,10 @@
-"""The exercise checks: not done yet is a hint, a wrong answer is an error, a right one says so."""
+"""The exercise checks: not done yet is a hint, a wrong answer is an error, a right one says so; an answer may not
+call the reference it is checked against."""
 
 import pytest
+import torch
 
-from shakegpt.exercises import exercise_check
+from shakegpt.exercises import exercise_check, forbidden
 
 
 def unfinished() -> int:
@@ -29,3 +31,25 @@ def test_a_right_answer_says_so(capsys):
     with exercise_check("01", 3):
         assert 1 + 1 == 2
     assert capsys.readouterr().out == "Exercise 3: correct.\n"
+
+
+def test_a_not_implemented_error_from_pytorch_is_an_error_not_a_hint(capsys):
+    """On Apple's MPS, PyTorch raises NotImplementedError for an operation it lacks: that is no unfinished cell."""
+    with pytest.raises(NotImplementedError, match="not currently implemented for the MPS device"):
+        with exercise_check("08", 1):
+            raise NotImplementedError("The operator 'aten::_foo' is not currently implemented for the MPS device.")
+    assert capsys.readouterr().out == ""
+
+
+def test_a_forbidden_function_fails_inside_the_block_and_comes_back_after():
+    import torch.nn.functional as F
+
+    namespace = {"reference": lambda: "the reference"}
+    with forbidden((F, "gelu"), (namespace, "reference")):
+        with pytest.raises(AssertionError, match="gelu is what this check compares your answer with"):
+            F.gelu(torch.zeros(1))
+        with pytest.raises(AssertionError, match="reference is what this check compares"):
+            namespace["reference"]()
+        namespace["added"] = 1  # the block may add names of its own, which stay
+    assert F.gelu(torch.zeros(1)).item() == 0 and namespace["reference"]() == "the reference"
+    assert namespace["added"] == 1

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from exercise_mutants import MUTANTS
 
 from shakegpt.config import PROJECT_ROOT, colab_badge, repository_url
 
@@ -75,6 +76,10 @@ def exercises(nb: nbformat.NotebookNode) -> list[tuple[str, str, str]]:
                 (cell.source.splitlines()[0], answer.source, check.source if check.cell_type == "code" else "")
             )
     return found
+
+
+def exercise_headings(nb: nbformat.NotebookNode) -> list[nbformat.NotebookNode]:
+    return [cell for cell in nb.cells if cell.cell_type == "markdown" and EXERCISE_HEADING.match(cell.source)]
 
 
 def solutions_of(path: Path) -> Path:
@@ -167,24 +172,112 @@ def test_committed_notebook_carries_the_outputs_of_one_run(path: Path):
             assert (PROJECT_ROOT / "figures" / f"{name}{suffix}").is_file(), f"figures/{name}{suffix} is not there"
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS + SOLUTIONS, ids=lambda p: p.stem)
-def test_notebook_runs_in_smoke_mode(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def quick_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The quick switch on, figures and caches in temporary folders (the committed figures stay as they are); the
+    figures folder."""
     figures = tmp_path / "figures"
     monkeypatch.setenv("SHAKEGPT_SMOKE", "1")
-    monkeypatch.setenv("SHAKEGPT_FIGURES_DIR", str(figures))  # the committed figures stay as they are
+    monkeypatch.setenv("SHAKEGPT_FIGURES_DIR", str(figures))
     monkeypatch.setenv("SHAKEGPT_CACHE_DIR", str(tmp_path / "cache"))
-    nb = nbformat.read(path, as_version=4)
-    client = nbclient.NotebookClient(
+    return figures
+
+
+def client_for(nb: nbformat.NotebookNode, path: Path):
+    return nbclient.NotebookClient(
         nb, kernel_name="python3", timeout=CELL_TIMEOUT_S, resources={"metadata": {"path": str(path.parent)}}
     )
-    client.execute()  # raises CellExecutionError, naming the cell, on the first error
 
+
+def assert_ran(nb: nbformat.NotebookNode, figures: Path, verdict: str) -> None:
+    """The device line first, every figure saved, and every exercise's check printing `verdict`."""
     assert DEVICE_LINE.match(first_output_line(nb)), "the first output must be sg.describe_device()'s line"
     for name in saved_figure_names(nb):
         for suffix in (".png", ".svg"):
             assert (figures / f"{name}{suffix}").stat().st_size > 0, f"{name}{suffix} was not saved"
-
     printed = "".join(output_texts(nb))
     for n in range(1, len(exercises(nb)) + 1):
-        verdict = "correct." if path.parent.name == "solutions" else "not done yet."
         assert f"Exercise {n}: {verdict}" in printed, f"exercise {n}'s check did not print {verdict!r}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs_in_smoke_mode(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    figures = quick_mode(tmp_path, monkeypatch)
+    nb = nbformat.read(path, as_version=4)
+    client_for(nb, path).execute()  # raises CellExecutionError, naming the cell, on the first error
+    assert_ran(nb, figures, "not done yet.")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.stem)
+def test_solutions_run_in_smoke_mode_and_wrong_answers_fail(path: Path, tmp_path: Path, monkeypatch):
+    """The solutions notebook top to bottom, every check printing "correct." And before each solution, each plausible
+    wrong answer of tests/exercise_mutants.py in its place: the exercise's check must then fail."""
+    figures = quick_mode(tmp_path, monkeypatch)
+    nb = nbformat.read(path, as_version=4)
+    mutants = MUTANTS[path.name[:2]]
+    client = client_for(nb, path)
+    answers = {nb.cells.index(cell) + 1: number for number, cell in enumerate(exercise_headings(nb), start=1)}
+    passed_wrongly = []
+    with client.setup_kernel():
+        for index, cell in enumerate(nb.cells):
+            if index in answers:
+                check = nb.cells[index + 1]
+                for wrong in mutants[answers[index]]:
+                    client.execute_cell(nbformat.v4.new_code_cell(wrong), index)
+                    try:
+                        client.execute_cell(nbformat.v4.new_code_cell(check.source), index + 1)
+                    except nbclient.exceptions.CellExecutionError:
+                        continue
+                    passed_wrongly.append(f"exercise {answers[index]}:\n{wrong}")
+            client.execute_cell(cell, index)
+    assert not passed_wrongly, "checks that let a wrong answer pass:\n" + "\n".join(passed_wrongly)
+    assert set(mutants) == set(answers.values()), "tests/exercise_mutants.py must hold wrong answers for every exercise"
+    assert_ran(nb, figures, "correct.")
+
+
+# What each rung's cell of notebook 05 must hold and run: the PyTorch line(s) that rung changes.
+RUNG_LINES = {
+    "TF32": ["torch.backends.cuda.matmul.allow_tf32 = True"],
+    "autocast": ["torch.autocast("],
+    "SDPA attention": ["F.scaled_dot_product_attention(", 'attn_impl="sdpa"'],
+    "torch.compile": ["torch.compile"],
+    "chunked cross-entropy": ['loss_impl="chunked"'],
+    "vocab 50304": ["PADDED_VOCAB_SIZE"],
+    "fused AdamW": ["torch.optim.AdamW(", "fused=True"],
+    "gradient accumulation": ["grad_accum = GRAD_ACCUM"],
+}
+JARGON = re.compile(r"\bsmoke\b|\bCI\b|these machines", flags=re.I)
+MAX_NOTEBOOK_BYTES = 300_000
+MAX_CODE_LINES = 40
+
+
+def test_every_rung_cell_holds_and_passes_the_lines_it_changes():
+    from shakegpt.ladder import ladder_rungs
+
+    cells = code_cells(nbformat.read(NOTEBOOK_DIR / "05_optimizations.ipynb", as_version=4))
+    names = [rung.name for rung in ladder_rungs(1, 2)]
+    assert set(RUNG_LINES) == set(names) - {"fp32 baseline"}
+    for name, lines in RUNG_LINES.items():
+        climbs = [cell.source for cell in cells if f'ladder.climb("{name}", ' in cell.source]
+        assert len(climbs) == 1, f"one cell must pass its own code to ladder.climb({name!r}, ...)"
+        for line in lines:
+            assert line in climbs[0], f"the {name!r} cell must hold {line!r}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS + SOLUTIONS, ids=lambda p: p.stem)
+def test_markdown_speaks_to_a_learner(path: Path):
+    """No jargon of the course's tooling in the prose (inline code, such as `SHAKEGPT_SMOKE=1`, is code)."""
+    nb = nbformat.read(path, as_version=4)
+    prose = [re.sub(r"`[^`]*`", "", cell.source) for cell in nb.cells if cell.cell_type == "markdown"]
+    found = [match.group() for text in prose for match in JARGON.finditer(text)]
+    assert not found, f"the markdown says {found}: write for a learner (the quick mode, the tests)"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS + SOLUTIONS, ids=lambda p: p.stem)
+def test_notebook_sizes(path: Path):
+    """At most 300 KB on disk (a progress bar leaves one line, not a redraw per step) and no code cell over 40 lines
+    (drawing code lives in the package)."""
+    assert path.stat().st_size <= MAX_NOTEBOOK_BYTES, f"{path.stat().st_size:,} bytes"
+    long = [(cell.id, len(cell.source.splitlines())) for cell in code_cells(nbformat.read(path, as_version=4))]
+    assert [(cell, n) for cell, n in long if n > MAX_CODE_LINES] == []
