@@ -15,6 +15,28 @@ def dropout_run(dropout):
     return model, losses, sg.evaluate(model, windows, precision, device)
 """  # exercise 06/1, with its seed offset, rate factor, weight decay and clip filled in
 
+BPE_TRAINER_WITH = """\
+def train_bpe(data, n_merges):
+    ids, merges, counts = list(data), [], []
+    for new_id in range({first}, {first} + n_merges):
+        pair_counts = Counter(itertools.pairwise(ids))
+        pair = {pick}
+        merged = merge_pair(ids, pair, new_id)
+        merges.append(pair)
+        counts.append({count})
+        ids = merged
+    return merges, counts, ids
+"""  # exercise 01/1, with the first new id, the rule that picks a pair and the count filled in
+
+PENALISED_GREEDY = """
+@torch.no_grad()
+def penalised_greedy(model, idx, new_tokens, penalty):
+    for _ in range(new_tokens):
+        logits = model(idx[:, -model.config.block_size :])[0][:, -1, :].float()
+        idx = torch.cat([idx, apply_repetition_penalty(logits, idx, penalty).argmax(-1, keepdim=True)], 1)
+    return idx
+"""  # exercise 08/2's decoding, around each wrong penalty
+
 MUTANTS: dict[str, dict[int, list[str]]] = {
     "00": {
         1: [
@@ -75,44 +97,21 @@ def training_memory_bytes(n_params):
     },
     "01": {
         1: [
-            """\
-def train_bpe(data, n_merges):
-    ids, merges, counts = list(data), [], []
-    for new_id in range(256, 256 + n_merges):
-        pair_counts = Counter(itertools.pairwise(ids))
-        best = max(pair_counts.values())
-        pair = [p for p, c in pair_counts.items() if c == best][-1]  # ties to the last seen
-        merged = merge_pair(ids, pair, new_id)
-        merges.append(pair)
-        counts.append(len(ids) - len(merged))
-        ids = merged
-    return merges, counts, ids
-""",
-            """\
-def train_bpe(data, n_merges):
-    ids, merges, counts = list(data), [], []
-    for new_id in range(255, 255 + n_merges):  # numbered from 255
-        pair_counts = Counter(itertools.pairwise(ids))
-        pair = max(pair_counts, key=pair_counts.get)
-        merged = merge_pair(ids, pair, new_id)
-        merges.append(pair)
-        counts.append(len(ids) - len(merged))
-        ids = merged
-    return merges, counts, ids
-""",
-            """\
-def train_bpe(data, n_merges):
-    ids, merges, counts = list(data), [], []
-    for new_id in range(256, 256 + n_merges):
-        pair_counts = Counter(itertools.pairwise(ids))
-        pair = max(pair_counts, key=pair_counts.get)
-        merged = merge_pair(ids, pair, new_id)
-        merges.append(pair)
-        counts.append(pair_counts[pair])  # overlaps counted too
-        ids = merged
-    return merges, counts, ids
-""",
-        ],
+            BPE_TRAINER_WITH.format(**wrong)
+            for wrong in (
+                dict(
+                    first=256,
+                    pick="[p for p, c in pair_counts.items() if c == max(pair_counts.values())][-1]",
+                    count="len(ids) - len(merged)",
+                ),  # ties to the last pair seen
+                dict(
+                    first=255, pick="max(pair_counts, key=pair_counts.get)", count="len(ids) - len(merged)"
+                ),  # from 255
+                dict(
+                    first=256, pick="max(pair_counts, key=pair_counts.get)", count="pair_counts[pair]"
+                ),  # with overlaps
+            )
+        ],  # fmt: skip
         2: [
             """\
 def gpt2_encode_piece(piece):
@@ -419,14 +418,8 @@ def top_p_probabilities(logits, p):
 def apply_repetition_penalty(logits, tokens, penalty):
     seen = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, tokens, True)
     return torch.where(seen, logits / penalty, logits)  # negative logits go up
-
-@torch.no_grad()
-def penalised_greedy(model, idx, new_tokens, penalty):
-    for _ in range(new_tokens):
-        logits = model(idx[:, -model.config.block_size :])[0][:, -1, :].float()
-        idx = torch.cat([idx, apply_repetition_penalty(logits, idx, penalty).argmax(-1, keepdim=True)], 1)
-    return idx
-""",
+"""
+            + PENALISED_GREEDY,
             """\
 def apply_repetition_penalty(logits, tokens, penalty):
     out = logits.clone()
@@ -434,14 +427,8 @@ def apply_repetition_penalty(logits, tokens, penalty):
         for t in tokens[b].tolist():  # once per occurrence
             out[b, t] = out[b, t] / penalty if out[b, t] > 0 else out[b, t] * penalty
     return out
-
-@torch.no_grad()
-def penalised_greedy(model, idx, new_tokens, penalty):
-    for _ in range(new_tokens):
-        logits = model(idx[:, -model.config.block_size :])[0][:, -1, :].float()
-        idx = torch.cat([idx, apply_repetition_penalty(logits, idx, penalty).argmax(-1, keepdim=True)], 1)
-    return idx
-""",
+"""
+            + PENALISED_GREEDY,
         ],
         3: [
             """\
