@@ -10,6 +10,8 @@ import matplotlib.pyplot as plt
 
 from .config import PROJECT_ROOT
 
+SCREEN_DPI = 72  # what a saved figure is shown at in a notebook (a point per pixel)
+
 
 def figures_dir() -> Path:
     """figures/ in the repository, or $SHAKEGPT_FIGURES_DIR (tests point it at a temporary folder)."""
@@ -17,12 +19,14 @@ def figures_dir() -> Path:
 
 
 def save_figure(fig: plt.Figure, name: str, folder: str | Path | None = None) -> list[Path]:
-    """Write `name`.png (150 dpi) and `name`.svg into `folder` (default: figures/); return both paths."""
+    """Write `name`.png (150 dpi) and `name`.svg into `folder` (default: figures/); return both paths. A notebook
+    then shows the figure at SCREEN_DPI: the files keep the detail, and the notebook stays light."""
     folder = Path(folder) if folder is not None else figures_dir()
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{name}.png", folder / f"{name}.svg"]
     fig.savefig(paths[0], dpi=150, bbox_inches="tight")
     fig.savefig(paths[1], bbox_inches="tight")
+    fig.set_dpi(SCREEN_DPI)
     return paths
 
 
