@@ -36,14 +36,21 @@ from shakegpt_utils import (
     model_from_checkpoint,
 )
 
+try:  # on ZeroGPU hardware (a free account's Spaces) each call of a function marked @spaces.GPU is lent a GPU
+    import spaces
+except ImportError:  # elsewhere the mark does nothing, so the app needs the package only in a Space
+    spaces = None
+
 APP_FOLDER = Path(__file__).resolve().parent  # in a Space: the exported model's config.json and model.safetensors
 SPACE_CHECKPOINT = APP_FOLDER / "model.pt"
 EXPORTED_FILES = ("config.json", "model.safetensors")
 TRAINED_CHECKPOINT = Path("runs") / "shakespeare" / "best.pt"  # relative to the working directory, like train's --out
 MAX_PROMPT_CHARS = 4000  # the model reads at most its context (block_size tokens) of it anyway
 MAX_NEW_TOKENS, TEMPERATURE_MAX, TOP_K_MAX, MAX_SEED = 1000, 2.0, 500, 2**31 - 1
-DEFAULTS = {"max_new_tokens": 200, "temperature": 0.8, "top_k": 200, "seed": 1337}
+TOP_P_MIN = 0.01  # top-p of 0 would keep no token
+DEFAULTS = {"max_new_tokens": 200, "temperature": 0.8, "top_k": 200, "seed": 1337, "top_p": 1.0}
 EXAMPLES = [
+    ["Hello world: tell to"],  # the course's reference prompt (notebook 07 and the reference run's samples)
     ["ROMEO:\n"],
     ["First Citizen:\nBefore we proceed any further, hear me speak.\n"],
     ["KING RICHARD III:\nNow is the winter of our discontent\n"],
@@ -102,7 +109,13 @@ def load_for_app(path: Path, device: torch.device) -> tuple[GPT, str]:
 
 
 def stream_text(
-    model: GPT, prompt: str, max_new_tokens: int, temperature: float, top_k: int | None, seed: int
+    model: GPT,
+    prompt: str,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    seed: int,
+    top_p: float | None = None,
 ) -> Iterator[str]:
     """The prompt and the text generated so far, after each token. The model reads the prompt's last block_size
     tokens; bytes of a character split across tokens wait for the rest, as in one decode of all the tokens."""
@@ -110,7 +123,7 @@ def stream_text(
     idx = encode_prompt(prompt, next(model.parameters()).device)  # generate_stream reads its last block_size
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     text = prompt
-    tokens = generate_stream(model, idx, max_new_tokens, temperature=temperature, top_k=top_k, seed=seed)
+    tokens = generate_stream(model, idx, max_new_tokens, temperature=temperature, top_k=top_k, seed=seed, top_p=top_p)
     for token in tokens:
         piece = decoder.decode(tokenizer.decode_single_token_bytes(int(token)))
         if piece:
@@ -120,9 +133,18 @@ def stream_text(
 
 
 def make_handler(model: GPT | None, notice: str) -> Callable[..., Iterator[str]]:
-    """The generate button's function: clamps every input, then streams; a failure becomes a message on the page."""
+    """The generate button's function: clamps every input, then streams; a failure becomes a message on the page.
+    Marked @spaces.GPU where that package is installed: its arguments are plain values, as ZeroGPU passes them to
+    the GPU's process, and the model comes with the function."""
 
-    def generate(prompt: str | None, max_new_tokens: float, temperature: float, top_k: float, seed: float | None):
+    def generate(
+        prompt: str | None,
+        max_new_tokens: float,
+        temperature: float,
+        top_k: float,
+        seed: float | None,
+        top_p: float | None = None,
+    ):
         if model is None:
             raise gr.Error(notice)
         prompt = crop_prompt(prompt)
@@ -130,13 +152,14 @@ def make_handler(model: GPT | None, notice: str) -> Callable[..., Iterator[str]]
         temp = clamp(temperature, 0.0, TEMPERATURE_MAX, DEFAULTS["temperature"])
         k = int(clamp(top_k, 0, TOP_K_MAX, DEFAULTS["top_k"])) or None  # 0: no top-k cut
         seed = int(clamp(seed, 0, MAX_SEED, secrets.randbelow(MAX_SEED + 1)))  # blank: a fresh seed
+        p = clamp(top_p, TOP_P_MIN, 1.0, DEFAULTS["top_p"])
         try:
-            yield from stream_text(model, prompt, n, temp, k, seed)
+            yield from stream_text(model, prompt, n, temp, k, seed, p)
         except Exception as error:  # keep serving the others: log one line, show the message to this user
             print(f"app.py: generation failed: {type(error).__name__}: {first_line(error)}", file=sys.stderr)
             raise gr.Error(f"Generation failed: {first_line(error)}") from error
 
-    return generate
+    return generate if spaces is None else spaces.GPU(generate)
 
 
 def memorisation_note(prompt: str | None, text: str | None) -> str:
@@ -179,13 +202,16 @@ def build_app(model: GPT | None, notice: str, concurrency: int = 4) -> gr.Blocks
                 top_k = gr.Slider(
                     0, TOP_K_MAX, DEFAULTS["top_k"], step=1, label="Top-k", info="sample among the k likeliest; 0: all"
                 )
+                top_p = gr.Slider(
+                    TOP_P_MIN, 1.0, DEFAULTS["top_p"], step=0.01, label="Top-p", info="likeliest up to p; 1: all"
+                )
                 seed = gr.Number(DEFAULTS["seed"], precision=0, label="Seed", info="same seed, same text; blank: new")
                 with gr.Row():
                     run = gr.Button("Generate", variant="primary", elem_id="generate")
                     stop = gr.Button("Stop")
         output = gr.Textbox(label="Text", lines=14, max_lines=40, buttons=["copy"], elem_id="output")
         memorisation = gr.Markdown(elem_id="memorisation")
-        inputs = [prompt, max_new, temperature, top_k, seed]
+        inputs = [prompt, max_new, temperature, top_k, seed, top_p]  # top_p last: older API calls still work
         # preprocess=False: the handler gets the raw values and clamps them; a slider's own check would refuse an
         # out-of-range value from the API with an error instead.
         event = run.click(make_handler(model, notice), inputs, output, api_name="generate", preprocess=False)

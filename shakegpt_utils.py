@@ -1,6 +1,6 @@
 """The ShakeGPT helper module: everything the notebooks build, in reusable form, grouped by the notebook that teaches
 it. The code lives in the `shakegpt` package; this file is its table of contents and the one import learners use.
-`python -m shakegpt_utils train|sample|bench|space ...` is the command line.
+`python -m shakegpt_utils train|sample|bench|space|push ...` is the command line.
 """
 
 from shakegpt.benchmark import BenchSettings, estimate_run, save_bench
@@ -31,6 +31,7 @@ from shakegpt.config import (
 from shakegpt.data import CORPORA, TokenBatches, evaluation_windows, load_corpus, load_tokens, split_tokens
 from shakegpt.diagrams import draw_attention_shapes, draw_model_flow, draw_prenorm_block
 from shakegpt.exercises import exercise_check, forbidden
+from shakegpt.fast_decoding import CompiledDecoder
 from shakegpt.hardware import (
     Precision,
     attention_kernel,
@@ -46,14 +47,23 @@ from shakegpt.hardware import (
     synchronize,
 )
 from shakegpt.hf import export_hf, from_hf, from_pretrained, load_exported
+from shakegpt.hub import push_space, push_to_hub
 from shakegpt.ladder import Ladder, RungSetup, bench_ladder, plot_ladder
 from shakegpt.memorisation import CorpusIndex, corpus_indexes, memorisation_line, memorisation_report
 from shakegpt.memory import fit_micro_batch
 from shakegpt.model import GPT, MLP, Block, CausalSelfAttention, KVCache, causal_mask
-from shakegpt.optim import configure_optimizer, decay_groups, estimate_mfu, flops_per_token, get_lr
+from shakegpt.optim import (
+    MuonWithAdamW,
+    configure_optimizer,
+    decay_groups,
+    estimate_mfu,
+    flops_per_token,
+    get_lr,
+    hidden_matrices,
+)
 from shakegpt.peers import bench_generate, bench_peer
 from shakegpt.plots import plot_loss_curves, plot_lr_schedule, save_figure
-from shakegpt.sampling import encode_prompt, generate, generate_stream, sample_text
+from shakegpt.sampling import encode_prompt, generate, generate_stream, sample_text, sampling_probabilities
 from shakegpt.space import build_space
 from shakegpt.tokenizer import END_OF_TEXT, get_tokenizer
 from shakegpt.train import (
@@ -122,6 +132,8 @@ __all__ = [
     "chunked_cross_entropy",
     "configure_optimizer",
     "decay_groups",
+    "hidden_matrices",
+    "MuonWithAdamW",
     "flops_per_token",
     "peak_flops",
     "estimate_mfu",
@@ -156,16 +168,21 @@ __all__ = [
     "encode_prompt",
     "generate",
     "generate_stream",
+    "sampling_probabilities",
     "sample_text",
+    "CompiledDecoder",
     "load_model",
     "CorpusIndex",
     "corpus_indexes",
     "memorisation_report",
     "memorisation_line",
-    # the command line, the self-contained Space, and the comparisons with transformers behind the README's numbers
+    # the command line, the self-contained Space, publishing on the Hub, and the comparisons with transformers
+    # behind the README's numbers
     "main",
     "OneLineParser",
     "build_space",
+    "push_to_hub",
+    "push_space",
     "bench_peer",
     "bench_generate",
     "save_bench",

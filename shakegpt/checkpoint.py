@@ -62,16 +62,18 @@ def save_checkpoint(
     data_state: dict | None = None,
     train_config: dict | None = None,
     extra: dict | None = None,
+    weights: Mapping[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Save model config and weights, optimizer, step, RNG states and data position to `path`, via a temporary
-    file and a rename, so that a crash (even kill -9) mid-write leaves the previous checkpoint intact."""
+    """Save model config and weights (the model's own, or `weights` kept from an earlier step), optimizer, step, RNG
+    states and data position to `path`, via a temporary file and a rename, so that a crash (even kill -9) mid-write
+    leaves the previous checkpoint intact."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     plain = unwrap_model(model)
     payload = {
         "format": CHECKPOINT_FORMAT,
         "model_config": plain.config.to_dict(),
-        "model": plain.state_dict(),
+        "model": plain.state_dict() if weights is None else weights,
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "step": step,
         "rng": capture_rng(),

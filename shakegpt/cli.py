@@ -1,4 +1,4 @@
-"""The command line: `python -m shakegpt_utils train|sample|bench|space ...`, a thin layer over the functions. The
+"""The command line: `python -m shakegpt_utils train|sample|bench|space|push ...`, a thin layer over the functions. The
 flags of `train` and `bench` are made from the fields of TrainConfig and BenchSettings, so they cannot drift apart."""
 
 from __future__ import annotations
@@ -6,8 +6,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from pathlib import Path
 
-from .config import ShakeGPTError, check_at_least
+from .config import ShakeGPTError, check_at_least, check_fraction
+
+CKPT_HELP = "checkpoint file, e.g. runs/shakespeare/best.pt"
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -46,12 +49,15 @@ def settings_from(args: argparse.Namespace, settings_class: type):
 
 
 def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ckpt", required=True, help="checkpoint file, e.g. runs/shakespeare/best.pt")
+    parser.add_argument("--ckpt", required=True, help=CKPT_HELP)
     parser.add_argument("--prompt", default="ROMEO:", help="text to continue ('' starts from <|endoftext|>)")
     parser.add_argument("--num-samples", type=int, default=1)
     parser.add_argument("--max-new-tokens", type=int, default=200)
     parser.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
     parser.add_argument("--top-k", type=int, default=200, help="sample among the k most likely tokens (0: all)")
+    parser.add_argument(
+        "--top-p", type=float, default=1.0, help="then among the fewest whose probabilities reach p (1: all)"
+    )
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--device", default="auto")
     parser.add_argument(
@@ -79,33 +85,48 @@ def run_sample(args: argparse.Namespace) -> None:
     check_at_least("num_samples", args.num_samples, 1)
     for name in ("max_new_tokens", "temperature", "top_k"):
         check_at_least(name, getattr(args, name), 0)
+    check_fraction("top_p", args.top_p)
     checkpoint = load_checkpoint(args.ckpt)
     model = model_from_checkpoint(checkpoint, get_device(args.device), source=args.ckpt)
+    top_k = args.top_k or None
     texts = sample_text(
-        model, args.prompt, args.max_new_tokens, args.temperature, args.top_k or None, args.seed, args.num_samples
+        model, args.prompt, args.max_new_tokens, args.temperature, top_k, args.seed, args.num_samples, args.top_p
     )
-    corpus = (checkpoint.get("train_config") or {}).get("corpus", "tinyshakespeare")
+    trained_on = checkpoint.get("train_config") or {}
+    corpus, text_file = trained_on.get("corpus", "tinyshakespeare"), trained_on.get("text_file")
     for i, text in enumerate(texts):
         print(f"--- sample {i + 1} ---\n{text}\n")
         if args.memorisation:  # of what the model wrote, not of the prompt
-            print(f"memorisation: {memorisation_line(text[len(args.prompt) :], corpus)}\n")
+            print(f"memorisation: {memorisation_line(text[len(args.prompt) :], corpus, text_file)}\n")
 
 
 def run_bench(args: argparse.Namespace) -> None:
     from .benchmark import BenchSettings, save_bench
     from .ladder import bench_ladder
     from .peers import bench_generate, bench_peer
+    from .profiling import bench_profile
 
-    benchmark = {"ladder": bench_ladder, "peer": bench_peer, "generate": bench_generate}[args.which]
+    benchmarks = {"ladder": bench_ladder, "peer": bench_peer, "generate": bench_generate, "profile": bench_profile}
+    benchmark = benchmarks[args.which]
     save_bench(*benchmark(settings_from(args, BenchSettings)), args.out)
 
 
 def run_space(args: argparse.Namespace) -> None:
+    from .hub import push_space
     from .space import build_space, folder_size, upload_command
 
-    out = build_space(args.ckpt, args.out)
+    if args.push:  # the token and the network are checked before the Space is written
+        out, url = Path(args.out), push_space(args.ckpt, args.out, args.push)
+    else:
+        out, url = build_space(args.ckpt, args.out), None
     print(f"wrote the Space to {out}: {folder_size(out) / 1e6:.1f} MB")
-    print(f"upload it with: {upload_command(out)}")
+    print(f"published it: {url}" if url else f"upload it with: {upload_command(out)}")
+
+
+def run_push(args: argparse.Namespace) -> None:
+    from .hub import push_to_hub
+
+    print(f"published the model: {push_to_hub(args.ckpt, args.repo)}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,18 +138,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_arguments(commands.add_parser("train", help="train GPT-2 on Shakespeare"), TrainConfig)
     add_sample_arguments(commands.add_parser("sample", help="generate text from a checkpoint"))
     bench = commands.add_parser("bench", help="measure training and generation speed")
-    bench.add_argument("which", choices=("ladder", "peer", "generate"), help="what to measure")
+    bench.add_argument(
+        "which",
+        choices=("ladder", "peer", "generate", "profile"),
+        help="what to measure (profile: where a step's time goes)",
+    )
     add_dataclass_arguments(bench, BenchSettings)
     bench.add_argument(
         "--out", help="result file (JSON), its figure beside it (default: figures/bench_WHICH_DEVICE.json)"
     )
     space = commands.add_parser("space", help="write a self-contained Hugging Face Space for a checkpoint")
-    space.add_argument("--ckpt", required=True, help="checkpoint file, e.g. runs/shakespeare/best.pt")
+    space.add_argument("--ckpt", required=True, help=CKPT_HELP)
     space.add_argument("--out", required=True, help="folder to write the Space into (new or empty)")
+    space.add_argument("--push", metavar="USER/NAME", help="then publish it as this Space on the Hugging Face Hub")
+    push = commands.add_parser("push", help="publish a checkpoint as a transformers model on the Hugging Face Hub")
+    push.add_argument("--ckpt", required=True, help=CKPT_HELP)
+    push.add_argument("--repo", required=True, metavar="USER/NAME", help="model repository, created if missing")
     return parser
 
 
-COMMANDS = {"train": run_train, "sample": run_sample, "bench": run_bench, "space": run_space}
+COMMANDS = {"train": run_train, "sample": run_sample, "bench": run_bench, "space": run_space, "push": run_push}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -73,6 +73,12 @@ def check_at_least(name: str, value: int | float, minimum: int | float) -> None:
         raise ShakeGPTError(f"{setting(name)} must be at least {minimum}, not {value}.")
 
 
+def check_fraction(name: str, value: float) -> None:
+    """Refuse a setting outside (0, 1]: a share of something, where 0 would leave nothing."""
+    if not 0 < value <= 1:
+        raise ShakeGPTError(f"{setting(name)} must be in (0, 1], not {value}.")
+
+
 def check_choice(name: str, value: str, choices) -> None:
     """Refuse a setting that is not one of `choices` (anything iterable over names), listing them."""
     if value not in choices:

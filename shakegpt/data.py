@@ -1,5 +1,5 @@
-"""Data, taught in notebook 01: the Shakespeare corpora (pinned downloads), a token cache, the split, the training
-batch loader and the validation windows."""
+"""Data, taught in notebook 01: the Shakespeare corpora (pinned downloads) or your own text file, a token cache, the
+split, the training batch loader and the validation windows."""
 
 from __future__ import annotations
 
@@ -124,11 +124,38 @@ def load_corpus(name: str = "tinyshakespeare", cache_dir: str | Path | None = No
     return corpus.clean(data.decode("utf-8"))
 
 
-def load_tokens(name: str = "tinyshakespeare", cache_dir: str | Path | None = None) -> np.ndarray:
-    """The corpus as GPT-2 tokens (uint16), encoded once and cached in the cache folder under the text's hash."""
-    text = load_corpus(name, cache_dir)
+def read_text_file(path: str | Path) -> str:
+    """Your own text to train on: a UTF-8 file (a byte-order mark is dropped), refused in one sentence when it cannot
+    be read, is empty or is not UTF-8."""
+    path = Path(path).expanduser()
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise ShakeGPTError(f"cannot read {setting('text_file')} {path}: {error.strerror or error}.") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ShakeGPTError(
+            f"{path} is not UTF-8 text (byte {error.start:,} is not valid UTF-8); save it as UTF-8 and try again."
+        ) from None
+    if not text:
+        raise ShakeGPTError(f"{path} is empty: there is no text in it to train on.")
+    return text
+
+
+def text_name(corpus: str, text_file: str | Path | None = None) -> str:
+    """What a run trains on, as its messages and model card name it: the text file's name, else the corpus."""
+    return Path(text_file).name if text_file else corpus
+
+
+def load_tokens(
+    name: str = "tinyshakespeare", cache_dir: str | Path | None = None, text_file: str | Path | None = None
+) -> np.ndarray:
+    """Corpus `name`, or your UTF-8 `text_file` when given, as GPT-2 tokens (uint16): encoded once and cached in the
+    cache folder under the text's hash, so an edited file is encoded again."""
+    text = read_text_file(text_file) if text_file else load_corpus(name, cache_dir)
     digest = sha256_of(text.encode())[:16]
-    path = cache_folder(cache_dir) / f"{name}-gpt2-{digest}.u16"
+    path = cache_folder(cache_dir) / f"{'text' if text_file else name}-gpt2-{digest}.u16"
     if path.is_file():
         return np.fromfile(path, dtype=np.uint16)
     tokens = np.array(get_tokenizer().encode_ordinary(text), dtype=np.uint16)

@@ -1,21 +1,30 @@
 """Conversion to and from Hugging Face transformers, taught in notebook 04: OpenAI's GPT-2 weights into our GPT, and
-our trained model out in the format GPT2LMHeadModel.from_pretrained reads (what a Space serves), and back in."""
+our trained model out as a folder that transformers loads like OpenAI's GPT-2 (what a Space serves and the Hub
+hosts: weights, configs, tokenizer, model card), and back in."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import secrets
+import shutil
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
 
-from .checkpoint import clean_state_dict
+from .card import model_readme
+from .checkpoint import clean_state_dict, load_checkpoint, model_from_checkpoint
 from .config import GPTConfig, ShakeGPTError, first_line
 from .model import GPT
+from .tokenizer import END_OF_TEXT, END_OF_TEXT_ID, gpt2_bpe_folder, verified_bpe_files
 
 # The two files of an exported model: transformers' GPT-2 config and the weights (safetensors: no pickle to trust).
 EXPORTED_FILES = ("config.json", "model.safetensors")
+# GPT-2's byte-pair files under the names transformers reads, copied from the verified files tiktoken is built from.
+TOKENIZER_FILES = {"vocab.json": "encoder.json", "merges.txt": "vocab.bpe"}
 
 HUB_HOST = "huggingface.co"
 
@@ -38,8 +47,8 @@ def gpt2_config_values(config: GPTConfig, vocab_size: int) -> dict:
         "attn_pdrop": config.dropout,
         "layer_norm_epsilon": 1e-5,
         "initializer_range": 0.02,
-        "bos_token_id": 50256,
-        "eos_token_id": 50256,
+        "bos_token_id": END_OF_TEXT_ID,
+        "eos_token_id": END_OF_TEXT_ID,
         "tie_word_embeddings": True,
     }
 
@@ -75,6 +84,12 @@ def from_hf(source, n_head: int | None = None, **overrides) -> GPT:
     return model
 
 
+def reach_hub() -> None:
+    """Open a connection to the Hugging Face Hub and close it: offline, an OSError at once rather than after a
+    library's retries."""
+    socket.create_connection((HUB_HOST, 443), timeout=5).close()
+
+
 def from_pretrained(name: str = "gpt2", **overrides) -> GPT:
     """OpenAI's released GPT-2 weights via transformers: from the local cache, else downloaded from the Hugging Face
     Hub once. Offline, it says so at once instead of waiting out transformers' retries."""
@@ -87,7 +102,7 @@ def from_pretrained(name: str = "gpt2", **overrides) -> GPT:
     except OSError:
         pass  # not cached yet
     try:
-        socket.create_connection((HUB_HOST, 443), timeout=5).close()
+        reach_hub()
         hf = GPT2LMHeadModel.from_pretrained(name)
     except OSError as error:
         raise ShakeGPTError(
@@ -97,13 +112,43 @@ def from_pretrained(name: str = "gpt2", **overrides) -> GPT:
     return from_hf(hf, **overrides)
 
 
-def export_hf(model: GPT, folder: str | Path) -> Path:
-    """Write `folder/config.json` and `folder/model.safetensors` that transformers' GPT2LMHeadModel.from_pretrained
-    loads offline with the same logits. A padded vocabulary is cut back to the 50,257 real tokens."""
+@contextlib.contextmanager
+def new_folder(out: Path) -> Iterator[Path]:
+    """A temporary folder beside `out` to fill, renamed to `out` (which must be new or empty) once the block ends
+    without an error and removed if it fails: a folder to upload whole is never left half-written."""
+    check_out(out)
+    resolved = out.resolve()  # `.` has no name of its own
+    partial = resolved.with_name(f".{resolved.name}.{os.getpid()}.{secrets.token_hex(4)}.partial")
+    try:
+        partial.mkdir(parents=True)
+        yield partial
+        if out.is_dir():
+            out.rmdir()  # empty (check_out said so): the finished folder takes its place
+        partial.rename(out)
+    except OSError as error:
+        raise ShakeGPTError(f"could not write {out}: {first_line(error)}") from error
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)  # gone already after the rename
+
+
+def check_out(out: Path) -> None:
+    """Refuse an output folder that holds anything: it is uploaded whole, so stray files must not mix in."""
+    if out.exists() and not out.is_dir():
+        raise ShakeGPTError(f"{out} exists and is not a folder: choose a new or empty folder.")
+    if out.is_dir() and any(out.iterdir()):
+        raise ShakeGPTError(f"{out} exists and is not empty: choose a new or empty folder.")
+
+
+def write_json(path: Path, values: dict) -> None:
+    """`values` as indented JSON, the way transformers writes its own configs."""
+    path.write_text(json.dumps(values, indent=2) + "\n")
+
+
+def write_weights(model: GPT, folder: Path) -> None:
+    """`folder/config.json` and `folder/model.safetensors`, which GPT2LMHeadModel.from_pretrained loads with the same
+    logits. A padded vocabulary is cut back to the 50,257 real tokens."""
     from safetensors.torch import save_file
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     n_tokens = model.n_valid_tokens
     tensors = {}
     for name, tensor in clean_state_dict(model.state_dict()).items():
@@ -118,9 +163,57 @@ def export_hf(model: GPT, folder: str | Path) -> Path:
     config_file, weights_file = (folder / name for name in EXPORTED_FILES)
     save_file(tensors, str(weights_file), metadata={"format": "pt"})
     hf_config = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_ctx": model.config.block_size}
-    hf_config |= gpt2_config_values(model.config, n_tokens) | {"torch_dtype": "float32"}
-    config_file.write_text(json.dumps(hf_config, indent=2) + "\n")
+    write_json(config_file, hf_config | gpt2_config_values(model.config, n_tokens) | {"torch_dtype": "float32"})
+
+
+def write_tokenizer(folder: Path, block_size: int) -> None:
+    """GPT-2's tokenizer as AutoTokenizer reads it: the two byte-pair files, and a config that names the tokenizer,
+    its one special token and the longest input the model reads. It encodes exactly as get_tokenizer() does."""
+    bpe_files = verified_bpe_files(gpt2_bpe_folder())
+    for name, source in TOKENIZER_FILES.items():
+        shutil.copyfile(bpe_files[source], folder / name)
+    special = {"content": END_OF_TEXT, "special": True, "normalized": False}
+    special |= dict.fromkeys(("lstrip", "rstrip", "single_word"), False)  # matched wherever it is, spaces kept
+    config = {
+        "tokenizer_class": "GPT2Tokenizer",
+        "model_max_length": block_size,
+        "bos_token": END_OF_TEXT,
+        "eos_token": END_OF_TEXT,
+        "unk_token": END_OF_TEXT,
+        "add_prefix_space": False,  # "Hello" and " Hello" stay different tokens
+        "clean_up_tokenization_spaces": False,  # decoding gives the text back as it was, a space before "," too
+        "added_tokens_decoder": {str(END_OF_TEXT_ID): special},
+    }
+    write_json(folder / "tokenizer_config.json", config)
+
+
+def write_transformers_files(model: GPT, folder: Path) -> None:
+    """Everything transformers needs to load and run `model` from `folder`: weights and config, the tokenizer, and
+    generation_config.json, whose end-of-text id stops generation and pads batches."""
+    write_weights(model, folder)
+    write_tokenizer(folder, model.config.block_size)
+    ids = ("bos_token_id", "eos_token_id", "pad_token_id")
+    write_json(folder / "generation_config.json", dict.fromkeys(ids, END_OF_TEXT_ID))
+
+
+def export_hf(model: GPT, folder: str | Path, checkpoint: dict | None = None, source: str = "") -> Path:
+    """Write `model` into `folder` (new or empty; written whole or not at all) as transformers' GPT-2, which
+    AutoTokenizer, GPT2LMHeadModel and pipeline("text-generation") load offline: the weights and configs, GPT-2's
+    tokenizer, and README.md, a model card with the Hub's metadata. `checkpoint` (what load_checkpoint returns) and
+    `source`, its file's name, fill in the run's facts; without them the card says they are not recorded."""
+    folder = Path(folder)
+    with new_folder(folder) as partial:
+        write_transformers_files(model, partial)
+        (partial / "README.md").write_text(model_readme(checkpoint, model, source), encoding="utf-8")
     return folder
+
+
+def export_checkpoint(ckpt: str | Path, folder: str | Path) -> Path:
+    """export_hf for the checkpoint file `ckpt`, its run's facts on the model card."""
+    check_out(Path(folder))  # before the checkpoint is read
+    checkpoint = load_checkpoint(ckpt)
+    model = model_from_checkpoint(checkpoint, "cpu", source=ckpt)
+    return export_hf(model, folder, checkpoint, Path(ckpt).name)
 
 
 def load_exported(folder: str | Path, device: str | torch.device = "cpu") -> GPT:

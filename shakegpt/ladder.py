@@ -36,7 +36,7 @@ from .hardware import (
 )
 from .memory import MemoryFit, fit_micro_batch, memory_of
 from .model import GPT
-from .optim import configure_optimizer, estimate_mfu
+from .optim import MuonWithAdamW, configure_optimizer, estimate_mfu, muon_problem
 from .train import default_loss, steps_at_any_batch, train_step
 
 
@@ -59,6 +59,7 @@ class RungSetup:
         optimizer and accumulation (what a result row records)."""
         dtype = getattr(self.autocast(), "fast_dtype", torch.float32)
         probe = nn.Linear(1, 1, device=self.device)
+        optimizer = self.optimizer(probe)
         return {
             "dtype": {value: key for key, value in DTYPES.items()}[dtype],
             "tf32": torch.backends.cuda.matmul.allow_tf32,
@@ -66,7 +67,8 @@ class RungSetup:
             "loss_impl": self.config.loss_impl,
             "compile": self.compile(probe) is not probe,
             "vocab_size": self.config.vocab_size,
-            "fused_adamw": bool(self.optimizer(probe).defaults.get("fused")),
+            "optimizer": "muon" if isinstance(optimizer, MuonWithAdamW) else "adamw",
+            "fused_adamw": bool(getattr(optimizer, "adamw", optimizer).defaults.get("fused")),
             "grad_accum": self.grad_accum,
         }
 
@@ -109,6 +111,11 @@ def use_fused_adamw(setup: RungSetup) -> None:
     setup.optimizer = lambda model: configure_optimizer(model, device_type=setup.device.type, fused=True)
 
 
+def use_muon(setup: RungSetup) -> None:
+    fused = setup.features()["fused_adamw"]  # AdamW, for the rest, as the rungs below left it
+    setup.optimizer = lambda model: configure_optimizer(model, device_type=setup.device.type, fused=fused, kind="muon")
+
+
 @dataclass(frozen=True)
 class Rung:
     """One step of the ladder: its code (a function that changes a RungSetup), why it should be faster, what a device
@@ -118,7 +125,7 @@ class Rung:
     name: str
     change: Callable[[RungSetup], None]
     why: str
-    needs: str | None = None  # "tf32", "autocast", "compile" or "fused": see rung_problem
+    needs: str | None = None  # "tf32", "autocast", "compile", "fused" or "muon": see rung_problem
     kept: Callable[[torch.device], bool] = lambda device: True
 
 
@@ -155,6 +162,14 @@ def ladder_rungs(batch_size: int, grad_accum: int) -> list[Rung]:
             accumulate,
             f"{grad_accum} micro-steps of {batch_size} sequences (unchanged) per optimizer step: "
             f"{grad_accum}x the tokens per step",
+        ),
+        Rung(
+            "Muon",
+            use_muon,
+            "a modern optimizer: the hidden matrices' updates orthogonalised; a step costs more and pays only in fewer "
+            "steps to a loss (a training run measures that), so it is beside the ladder everywhere",
+            needs="muon",
+            kept=lambda device: False,
         ),
     ]
 
@@ -193,6 +208,8 @@ def rung_problem(rung: Rung, device: torch.device, compile_allowed: bool) -> str
         return ladder_compile_problem(device, compile_allowed)
     if rung.needs == "fused":
         return fused_adamw_problem(device)
+    if rung.needs == "muon":
+        return muon_problem()
     return None
 
 

@@ -193,19 +193,20 @@ def memorisation_report(
 
 @functools.cache
 def corpus_indexes(
-    corpus: str = "tinyshakespeare", cache_dir: str | Path | None = None
+    corpus: str = "tinyshakespeare", cache_dir: str | Path | None = None, text_file: str | Path | None = None
 ) -> tuple[CorpusIndex, CorpusIndex]:
-    """Indexes of a corpus's training and validation tokens (the course's 90/10 split), built once per process:
-    a generated text is compared with the training text and, as a control, with text the model never saw."""
-    train, validation = split_tokens(load_tokens(corpus, cache_dir))
+    """Indexes of the training and validation tokens (the course's 90/10 split) of a corpus, or of the text file a
+    run trained on instead, built once per process: a generated text is compared with the training text and, as a
+    control, with text the model never saw."""
+    train, validation = split_tokens(load_tokens(corpus, cache_dir, text_file))
     return CorpusIndex(train), CorpusIndex(validation)
 
 
-def memorisation_line(text: str, corpus: str = "tinyshakespeare") -> str:
+def memorisation_line(text: str, corpus: str = "tinyshakespeare", text_file: str | Path | None = None) -> str:
     """One line for a generated text: its longest verbatim span and n-gram overlap with the training text, and the
     same against the validation text as a control (a model that learned Shakespeare scores alike on both; one that
     memorised scores far higher on the text it trained on)."""
-    train_index, validation_index = corpus_indexes(corpus)
+    train_index, validation_index = corpus_indexes(corpus, text_file=text_file)
     train, control = memorisation_report(text, train_index), memorisation_report(text, validation_index)
     return (
         f"longest span copied from the training text: {train['longest_span_tokens']} tokens "

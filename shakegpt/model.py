@@ -37,20 +37,26 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.c_attn(x).split(C, dim=2)
         # (B, T, C) -> (B, heads, T, head size): each head attends independently.
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        mask = None  # the causal rule; a cache of fixed size says which of its slots each new query may see
         if cache is not None:
             k, v = cache.store(layer, k, v)
+            mask = cache.mask
         p = self.dropout if self.training else 0.0
         if self.attn_impl == "sdpa":
-            y = self._sdpa(q, k, v, p)
+            y = self._sdpa(q, k, v, p, mask)
         else:
-            y = self._manual(q, k, v, p)
+            y = self._manual(q, k, v, p, mask)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
     @staticmethod
-    def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float) -> torch.Tensor:
+    def _sdpa(
+        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """PyTorch's fused kernel (flash attention on recent GPUs): never stores the T x T attention matrix."""
         T, S = q.size(2), k.size(2)
+        if mask is not None:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         if T == S:
             return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
         if T == 1:  # one new query after the cache: it may see every key
@@ -58,10 +64,13 @@ class CausalSelfAttention(nn.Module):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(T, S, q.device), dropout_p=p)
 
     @staticmethod
-    def _manual(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float) -> torch.Tensor:
+    def _manual(
+        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The textbook formula: softmax(q k^T / sqrt(d)) v with future positions masked to -inf."""
         scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
-        scores = scores.masked_fill(~causal_mask(q.size(2), k.size(2), q.device), float("-inf"))
+        allowed = causal_mask(q.size(2), k.size(2), q.device) if mask is None else mask
+        scores = scores.masked_fill(~allowed, float("-inf"))
         weights = F.dropout(F.softmax(scores, dim=-1), p=p)
         return weights @ v
 
@@ -147,12 +156,11 @@ class GPT(nn.Module):
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         B, T = idx.shape
-        start = cache.length if cache is not None else 0
-        if start + T > self.config.block_size:
-            raise ShakeGPTError(
-                f"sequence of {start + T} tokens is longer than the context of {self.config.block_size}."
-            )
-        pos = torch.arange(start, start + T, device=idx.device)
+        if cache is None:
+            check_context(T, self.config.block_size)
+            pos = torch.arange(T, device=idx.device)
+        else:
+            pos = cache.positions(T)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for layer, block in enumerate(self.transformer.h):
             x = block(x, cache, layer)
@@ -169,7 +177,7 @@ class GPT(nn.Module):
         product uses a transposed copy of the weight, (width, vocab) in memory: MKL's matrix-vector product runs about
         three times faster on it. The copy is remade whenever the weight changes (a step, a load, a move)."""
         weight = self.lm_head.weight
-        if torch.is_grad_enabled() or x.device.type != "cpu":
+        if torch.is_grad_enabled() or x.device.type != "cpu" or torch.compiler.is_compiling():
             return self.lm_head(x)[..., : self.n_valid_tokens]
         version = (weight.data_ptr(), weight._version, weight.dtype)
         if self._decoding_weight is None or self._decoding_weight[0] != version:
@@ -177,14 +185,27 @@ class GPT(nn.Module):
         return (x @ self._decoding_weight[1])[..., : self.n_valid_tokens]
 
 
+def check_context(n_tokens: int, block_size: int) -> None:
+    """Refuse a sequence longer than the model's context (it has no position embedding beyond it)."""
+    if n_tokens > block_size:
+        raise ShakeGPTError(f"sequence of {n_tokens} tokens is longer than the context of {block_size}.")
+
+
 class KVCache:
     """Keys and values of every layer, preallocated for the whole context, so decoding one token costs one position."""
 
+    mask = None  # attention reads only the filled positions, under the causal rule
+
     def __init__(self, config: GPTConfig, batch_size: int, device: torch.device | str, dtype: torch.dtype):
-        shape = (config.n_layer, batch_size, config.n_head, config.block_size, config.n_embd // config.n_head)
+        shape = (config.n_layer, batch_size, config.n_head, config.block_size, config.head_size)
         self.keys = torch.empty(shape, device=device, dtype=dtype)
         self.values = torch.empty(shape, device=device, dtype=dtype)
         self.length = 0  # positions filled so far, in every layer
+
+    def positions(self, n_tokens: int) -> torch.Tensor:
+        """The positions of `n_tokens` new tokens: right after the cached ones."""
+        check_context(self.length + n_tokens, self.keys.size(3))
+        return torch.arange(self.length, self.length + n_tokens, device=self.keys.device)
 
     def store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write this layer's new keys and values after the cached ones; return all of them so far. The last layer's

@@ -20,12 +20,16 @@ from .benchmark import (
 )
 from .config import GPT2_VOCAB_SIZE, PADDED_VOCAB_SIZE, GPTConfig, ShakeGPTError, check_choice, setting
 from .data import fixed_batches
-from .hardware import DTYPES, auto_dtype, describe_device, get_precision, set_seed
+from .fast_decoding import CompiledDecoder
+from .hardware import DTYPES, auto_dtype, compile_problem, describe_device, get_precision, set_seed
 from .hf import from_hf, gpt2_config_values
 from .ladder import fused_adamw_problem
 from .optim import configure_optimizer
 from .sampling import generate
 from .train import default_loss, train_step
+
+# A fixed-size cache and a one-token step compiled once (CUDA graphs on a GPU): fast_decoding.CompiledDecoder.
+COMPILED_DECODER = "ours compiled step"
 
 
 def hf_model(config: GPTConfig) -> nn.Module:
@@ -147,15 +151,17 @@ def bench_generate(
         )
     dtypes = s.compared_dtypes(device)
     log(describe_device(device))
+    compiled = s.compile and compile_problem(device) is None
     set_seed(s.seed)
     hf = hf_model(config).to(device).eval()
     prompt = torch.randint(GPT2_VOCAB_SIZE, (1, s.prompt_len), device=device)
     rows, ratios = [], {}
     for dtype in dtypes:
-        rows += generation_rows(hf, prompt, s.new_tokens, s.rounds, dtype, device)
+        rows += generation_rows(hf, prompt, s.new_tokens, s.rounds, dtype, device, compiled)
         speed = {row["decoder"]: row["tokens_per_s"] for row in rows if row["dtype"] == dtype}
-        ratios[f"{dtype}: ours cached / transformers generate"] = speed["ours cached"] / speed["transformers generate"]
-        ratios[f"{dtype}: ours cached / ours uncached"] = speed["ours cached"] / speed["ours uncached"]
+        for decoder in ("ours cached", *([COMPILED_DECODER] if compiled else [])):
+            ratios[f"{dtype}: {decoder} / transformers generate"] = speed[decoder] / speed["transformers generate"]
+            ratios[f"{dtype}: {decoder} / ours uncached"] = speed[decoder] / speed["ours uncached"]
     result = result_header("generate", device, {**s.to_dict(), "dtypes": dtypes, "model": config.to_dict()})
     result["rows"], result["ratios"] = rows, ratios
     for row in rows:
@@ -166,10 +172,17 @@ def bench_generate(
 
 
 def generation_rows(
-    hf: nn.Module, prompt: torch.Tensor, new_tokens: int, rounds: int, dtype: str, device: torch.device
+    hf: nn.Module,
+    prompt: torch.Tensor,
+    new_tokens: int,
+    rounds: int,
+    dtype: str,
+    device: torch.device,
+    compiled: bool = False,
 ) -> list[dict]:
-    """Time the three decoders with the weights cast to `dtype`, alternating, and check they choose the same tokens
-    as transformers."""
+    """Time the decoders with the weights cast to `dtype`, alternating, and check they choose the same tokens as
+    transformers: ours with and without the cache, transformers' generate, and with `compiled` our CompiledDecoder
+    (its compilation in the first, untimed call)."""
     check_choice("dtype", dtype, dict.fromkeys(("fp32", auto_dtype(device))))
     weights_dtype = DTYPES[dtype]
     ours = from_hf(hf).to(device=device, dtype=weights_dtype).eval()
@@ -179,6 +192,9 @@ def generation_rows(
         "ours uncached": lambda: generate(ours, prompt, new_tokens, temperature=0, use_cache=False),
         "transformers generate": lambda: hf_generate(theirs, prompt, new_tokens),
     }
+    if compiled:
+        decoder = CompiledDecoder(ours, batch_size=prompt.size(0))
+        decoders[COMPILED_DECODER] = lambda: decoder.generate(prompt, new_tokens, temperature=0)
     outputs = {name: fn() for name, fn in decoders.items()}  # also the warm-up
     seconds = alternate(decoders, device, rounds, warmup=0)
     return [

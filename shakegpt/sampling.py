@@ -11,19 +11,38 @@ from .model import GPT, KVCache
 from .tokenizer import END_OF_TEXT, get_tokenizer
 
 
-def pick_next_token(
-    logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None
+def sampling_probabilities(
+    logits: torch.Tensor, temperature: float, top_k: int | None = None, top_p: float | None = None
 ) -> torch.Tensor:
-    """One token per row from the last position's logits: greedy when temperature is 0, else sampled from the
-    softmax of logits/temperature, restricted to the top_k most likely tokens when top_k is given."""
-    logits = logits.float()
+    """The distribution the next token is drawn from: the softmax of logits/temperature, kept on the top_k most
+    likely tokens and then on the nucleus (the fewest most likely tokens whose probabilities reach top_p, with any
+    token tied with the last one kept), zero elsewhere; not renormalised (sampling does not need it)."""
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth_best = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth_best, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if top_p is not None and top_p < 1:
+        ordered = probs.sort(dim=-1, descending=True).values
+        mass_before = ordered.cumsum(dim=-1) - ordered  # what the more likely tokens already hold
+        last_kept = ordered.masked_fill(mass_before >= top_p, float("inf")).amin(dim=-1, keepdim=True)
+        probs = probs.masked_fill(probs < last_kept, 0.0)
+    return probs
+
+
+def pick_next_token(
+    logits: torch.Tensor,
+    temperature: float,
+    top_k: int | None,
+    generator: torch.Generator | None,
+    top_p: float | None = None,
+) -> torch.Tensor:
+    """One token per row from the last position's logits: greedy when temperature is 0, else drawn from
+    sampling_probabilities."""
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
-    logits = logits / temperature
-    if top_k is not None and top_k < logits.size(-1):
-        kth_best = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth_best, float("-inf"))
-    return torch.multinomial(torch.softmax(logits, dim=-1), num_samples=1, generator=generator)
+    probs = sampling_probabilities(logits, temperature, top_k, top_p)
+    return torch.multinomial(probs, num_samples=1, generator=generator)
 
 
 def cache_dtype(model: GPT, device: torch.device) -> torch.dtype:
@@ -42,6 +61,7 @@ def generate_stream(
     top_k: int | None = None,
     seed: int | None = None,
     use_cache: bool = True,
+    top_p: float | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield each new (B, 1) token as soon as it is chosen. With the cache, the prompt is read once and every new
     token costs one position; once the context is full, the window slides and the cache is refilled."""
@@ -63,7 +83,7 @@ def generate_stream(
                 logits, _ = model(context, cache=cache)
             else:
                 logits, _ = model(context[:, -1:], cache=cache)
-            next_token = pick_next_token(logits[:, -1, :], temperature, top_k, generator)
+            next_token = pick_next_token(logits[:, -1, :], temperature, top_k, generator, top_p)
             tokens[:, end] = next_token[:, 0]
             end += 1
             yield next_token
@@ -73,7 +93,7 @@ def generate_stream(
 
 def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, *args, **kwargs) -> torch.Tensor:
     """The prompt `idx` (B, T) followed by `max_new_tokens` generated tokens; seeded runs repeat exactly. The other
-    arguments are generate_stream's, in its order: temperature, top_k, seed, use_cache."""
+    arguments are generate_stream's, in its order: temperature, top_k, seed, use_cache, top_p."""
     return torch.cat([idx, *generate_stream(model, idx, max_new_tokens, *args, **kwargs)], dim=1)
 
 
@@ -92,10 +112,11 @@ def sample_text(
     top_k: int | None = 200,
     seed: int | None = None,
     num_samples: int = 1,
+    top_p: float | None = None,
 ) -> list[str]:
     """Text in, text out: each sample is the prompt followed by what the model wrote."""
     device = next(model.parameters()).device
     idx = encode_prompt(prompt, device, num_samples)
-    out = generate(model, idx, max_new_tokens, temperature, top_k, seed)
+    out = generate(model, idx, max_new_tokens, temperature, top_k, seed, top_p=top_p)
     tokenizer = get_tokenizer()
     return [prompt + tokenizer.decode(row[idx.size(1) :].tolist()) for row in out]

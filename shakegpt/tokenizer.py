@@ -19,6 +19,7 @@ GPT2_BPE_FILES = {
     "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
 }
 END_OF_TEXT = "<|endoftext|>"
+END_OF_TEXT_ID = 50256  # the last of the 50,257 tokens
 
 
 def gpt2_bpe_folder() -> Path:
@@ -61,5 +62,5 @@ def get_tokenizer() -> tiktoken.Encoding:
         explicit_n_vocab=50257,
         pat_str=r50k_pat_str,  # GPT-2's pre-tokenizer: words, numbers, punctuation, whitespace
         mergeable_ranks=ranks,
-        special_tokens={END_OF_TEXT: 50256},
+        special_tokens={END_OF_TEXT: END_OF_TEXT_ID},
     )

@@ -28,11 +28,21 @@ from .config import (
     ShakeGPTError,
     check_at_least,
     check_choice,
+    check_fraction,
     first_line,
     option,
     setting,
 )
-from .data import TokenBatches, evaluation_windows, fixed_batches, get_corpus, load_tokens, split_tokens
+from .data import (
+    TokenBatches,
+    evaluation_windows,
+    fixed_batches,
+    get_corpus,
+    load_tokens,
+    read_text_file,
+    split_tokens,
+    text_name,
+)
 from .hardware import (
     Precision,
     attention_kernel,
@@ -50,7 +60,7 @@ from .hardware import (
 )
 from .memory import MemoryFit, fit_micro_batch, memory_of, out_of_memory_advice
 from .model import GPT
-from .optim import configure_optimizer, estimate_mfu, get_lr
+from .optim import OPTIMIZERS, SCHEDULES, configure_optimizer, estimate_mfu, get_lr
 from .plots import plot_loss_curves, save_figure
 from .progress import progress_bar
 from .sampling import sample_text
@@ -66,6 +76,7 @@ class TrainConfig:
     n_head: int | None = option(None, "attention heads, instead of the preset's")
     n_embd: int | None = option(None, "width, instead of the preset's")
     corpus: str = option("tinyshakespeare", "tinyshakespeare or complete")
+    text_file: str | None = option(None, "train on this UTF-8 text file instead of the corpus")
     train_tokens: int | None = option(None, "train on the first N tokens of the training split only (validation stays)")
     batch_size: int | None = option(None, "sequences per micro-step per process")
     seq_len: int | None = option(None, "tokens per sequence (at most the model's context)")
@@ -75,7 +86,10 @@ class TrainConfig:
     lr: float | None = option(None, "peak learning rate")
     min_lr: float | None = option(None, "final learning rate (default lr/10)")
     warmup_steps: int | None = option(None, "steps of linear warmup")
-    weight_decay: float = option(0.1, "AdamW weight decay (matrices only)")
+    weight_decay: float = option(0.1, "weight decay of the matrices (AdamW's and Muon's)")
+    optimizer: str = option("adamw", "adamw, or muon (torch.optim.Muon for the blocks' matrices, AdamW for the rest)")
+    schedule: str = option("cosine", "after warmup: cosine, or wsd (hold the peak, decay over the last decay_fraction)")
+    decay_fraction: float = option(0.2, "with --schedule wsd: the fraction of the steps over which the rate decays")
     grad_clip: float = option(1.0, "clip the gradient norm to this (0: off)")
     dropout: float = option(0.0, "dropout probability")
     loss: str | None = option(None, "output-layer loss: full or chunked; default full on CUDA, chunked elsewhere")
@@ -94,7 +108,9 @@ class TrainConfig:
     sample_prompt: str = option("ROMEO:", "prompt for the samples written during training")
     sample_tokens: int = option(100, "tokens per sample written during training")
     log_interval: int | None = option(None, "steps between log lines")
-    ckpt_interval: int | None = option(None, "steps between writes of last.pt")
+    ckpt_interval: int | None = option(
+        None, "steps between writes of last.pt (0: only at the end, with best.pt kept in GPU memory until then)"
+    )
     target_loss: float | None = option(None, "stop once the mean training loss of a log window is below this")
     early_stop: int | None = option(None, "stop after this many evaluations without a better validation loss")
     out: str = option("runs/shakespeare", "output folder")
@@ -108,8 +124,12 @@ class TrainConfig:
         on_gpu = torch.device(device).type == "cuda"
         preset = self.preset or ("gpt2" if on_gpu else "small")
         check_choice("preset", preset, RUN_DEFAULTS)
-        get_corpus(self.corpus)
         values = asdict(self)
+        if self.text_file:  # read now, so that a missing, empty or non-UTF-8 file is refused before anything is built
+            read_text_file(self.text_file)
+            values["text_file"] = str(Path(self.text_file).expanduser().resolve())  # found from any folder later
+        else:
+            get_corpus(self.corpus)
         for name, value in RUN_DEFAULTS[preset].items():
             if values[name] is None:
                 values[name] = value
@@ -128,7 +148,10 @@ class TrainConfig:
     def check(self) -> None:
         for name in ("batch_size", "seq_len", "grad_accum", "max_steps", "eval_interval", "log_interval"):
             check_at_least(name, getattr(self, name), 1)
-        check_at_least("ckpt_interval", self.ckpt_interval, 1)
+        check_at_least("ckpt_interval", self.ckpt_interval, 0)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_fraction("decay_fraction", self.decay_fraction)
         check_at_least("eval_batches", self.eval_batches, 1)
         for name in ("train_tokens", "threads"):
             if getattr(self, name) is not None:
@@ -430,6 +453,7 @@ class Run:
     compile_problem: str | None = None  # why it is not, when it was asked for
     memory_fit: MemoryFit | None = None  # the micro-batch chosen for the GPU's memory, where one was chosen
     latest_sample: tuple[int | None, str] = (None, "")
+    best_weights: dict[str, torch.Tensor] | None = None  # with ckpt_interval 0: best.pt's weights, written at the end
     compile_checked: bool = False  # a compiled step has run since this start
 
     @property
@@ -445,6 +469,26 @@ class Run:
         extra = {"state": self.state.saved(), "scaler": scaler}
         data = self.train_batches.state_dict()
         save_checkpoint(self.out / name, self.model, self.optimizer, self.state.step, data, asdict(self.cfg), extra)
+        self.state.checkpoint_s += time.perf_counter() - started
+
+    def keep_best(self) -> None:
+        """The validation loss is the best so far: write best.pt now, or, with ckpt_interval 0, copy the weights
+        within the device's memory (no wait, no disk write while the run is timed) for `save_kept_best`."""
+        if self.cfg.ckpt_interval:
+            self.save("best.pt")
+        elif self.dist.is_main:
+            self.best_weights = {name: w.detach().clone() for name, w in self.model.state_dict().items()}
+
+    def save_kept_best(self) -> None:
+        """Write best.pt from the weights `keep_best` copied: the model at the best validation step, without the
+        optimizer (resuming reads last.pt)."""
+        if self.best_weights is None:
+            return
+        started = time.perf_counter()
+        extra = {"state": self.state.saved(), "scaler": None}
+        best_step, config = self.state.best_val_step, asdict(self.cfg)
+        save_checkpoint(self.out / "best.pt", self.model, None, best_step, None, config, extra, self.best_weights)
+        self.best_weights = None
         self.state.checkpoint_s += time.perf_counter() - started
 
     def step(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -545,7 +589,7 @@ def fit_to_memory(cfg: TrainConfig, device: torch.device) -> tuple[TrainConfig, 
     if memory is None or not cfg.fit_memory:
         return cfg, None
     model = build_model(cfg).to(device)  # a fresh one, freed after the fit; uncompiled: compiling only saves memory
-    optimizer = configure_optimizer(model, cfg.weight_decay, cfg.lr, device_type=device.type)
+    optimizer = configure_optimizer(model, cfg.weight_decay, cfg.lr, device_type=device.type, kind=cfg.optimizer)
     step = steps_at_any_batch(model, optimizer, get_precision(device, cfg.dtype), device, cfg.seq_len)
     fit = fit_micro_batch(step, cfg.batch_size, cfg.seq_len, memory)
     batch_size = fit.batch_size
@@ -578,7 +622,7 @@ def start_run(requested: TrainConfig, dist_info: Distributed, device: torch.devi
     rank, world = dist_info.rank, dist_info.world_size
     train_batches = TokenBatches(train_tokens, cfg.batch_size, cfg.seq_len, rank, world, shuffle=True, seed=cfg.seed)
     model = build_model(cfg).to(device)
-    optimizer = configure_optimizer(model, cfg.weight_decay, cfg.lr, device_type=device.type)
+    optimizer = configure_optimizer(model, cfg.weight_decay, cfg.lr, device_type=device.type, kind=cfg.optimizer)
     state, checkpoint_path = TrainState(), Path(cfg.out) / "last.pt"
     if cfg.resume and checkpoint_path.exists():
         checkpoint = load_checkpoint(checkpoint_path, map_location=device)
@@ -610,14 +654,22 @@ def start_run(requested: TrainConfig, dist_info: Distributed, device: torch.devi
 
 
 def training_split(cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
-    """The corpus's training and validation tokens; with train_tokens, the training part is its first N tokens (a
-    slice a small model can memorise), while validation stays the whole held-out 10%."""
-    train_tokens, val_tokens = split_tokens(load_tokens(cfg.corpus))
+    """The training and validation tokens of the corpus, or of the text file; with train_tokens, the training part is
+    its first N tokens (a slice a small model can memorise), while validation stays the whole held-out 10%, which
+    must hold at least one sequence."""
+    name, tokens = text_name(cfg.corpus, cfg.text_file), load_tokens(cfg.corpus, text_file=cfg.text_file)
+    train_tokens, val_tokens = split_tokens(tokens)
+    if len(val_tokens) <= cfg.seq_len:  # a sequence of seq_len inputs needs one token more for its last target
+        raise ShakeGPTError(
+            f"{name} is too short for one sequence of {cfg.seq_len} tokens in its validation split: its "
+            f"{len(tokens):,} tokens leave {len(val_tokens):,} in the last 10%; use a longer text or a smaller "
+            f"{setting('seq_len')}."
+        )
     if cfg.train_tokens is not None:
         if cfg.train_tokens > len(train_tokens):
             raise ShakeGPTError(
                 f"{setting('train_tokens')} {cfg.train_tokens:,} is more than the {len(train_tokens):,} tokens of the "
-                f"{cfg.corpus} training split."
+                f"{name} training split."
             )
         train_tokens = train_tokens[: cfg.train_tokens]
     return train_tokens, val_tokens
@@ -632,7 +684,8 @@ def print_banner(run: Run, requested: TrainConfig, n_train_tokens: int, resumed:
     processes = f"{world} process(es)" + (" with DistributedDataParallel" if run.dist.in_group else "")
     compiled = " + compile" if run.compiled else ""
     log.print(
-        f"training {cfg.preset} ({run.model.num_params() / 1e6:.1f}M parameters) on {cfg.corpus} | "
+        f"training {cfg.preset} ({run.model.num_params() / 1e6:.1f}M parameters) on "
+        f"{text_name(cfg.corpus, cfg.text_file)} | "
         f"{describe_device(run.device)} | {run.precision.name}{' + TF32' if run.tf32 else ''}"
         f" | attention: {run.attention}{compiled} | {processes} | {run.tokens_per_step:,} tokens per step "
         f"({cfg.batch_size} x {cfg.seq_len} x {cfg.grad_accum} x {world}) | {cfg.max_steps} steps | "
@@ -686,7 +739,7 @@ def train_loop(run: Run) -> str:
     run.runnable.train()
     try:
         for step in range(first_step, cfg.max_steps + 1):
-            lr = get_lr(step - 1, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.max_steps)
+            lr = get_lr(step - 1, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.max_steps, cfg.schedule, cfg.decay_fraction)
             for group in run.optimizer.param_groups:
                 group["lr"] = lr
             loss, norm = run.step()
@@ -702,7 +755,7 @@ def train_loop(run: Run) -> str:
             else:
                 timed_in_window += 1
             is_eval = step % cfg.eval_interval == 0 or step == cfg.max_steps
-            is_ckpt = step % cfg.ckpt_interval == 0 or step == cfg.max_steps
+            is_ckpt = (cfg.ckpt_interval and step % cfg.ckpt_interval == 0) or step == cfg.max_steps
             if not (step % cfg.log_interval == 0 or is_eval or is_ckpt):
                 continue
             # A log window ends: wait for the device once, check every loss in it, then log and evaluate.
@@ -728,7 +781,7 @@ def train_loop(run: Run) -> str:
                 row["val_loss"] = run.evaluate()
                 if row["val_loss"] < state.best_val_loss:
                     state.best_val_loss, state.best_val_step, state.evals_without_improvement = row["val_loss"], step, 0
-                    run.save("best.pt")
+                    run.keep_best()
                 else:
                     state.evals_without_improvement += 1
             reached = cfg.target_loss is not None and row["loss"] < cfg.target_loss
@@ -763,6 +816,7 @@ def check_finite(losses: list[float], first_step: int, checkpoint: Path) -> None
 def finish_run(run: Run, stop_reason: str) -> dict:
     """The run's summary; the main process also writes a last sample, summary.json and the loss figure."""
     cfg, state = run.cfg, run.state
+    run.save_kept_best()
     metrics = read_metrics(run.log.metrics_path) if run.dist.is_main else []
     summary = {
         "steps": state.step,

@@ -8,12 +8,14 @@ from a second code path, the helper module's sample_text (one generate, one deco
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
+import types
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -148,6 +150,14 @@ def test_browser_types_a_prompt_and_gets_text_that_continues_it(server: str):
     assert len(text) > len(prompt)
 
 
+def test_the_page_offers_the_reference_prompt_among_its_examples(server: str):
+    with urllib.request.urlopen(server + "config", timeout=10) as response:
+        config = json.loads(response.read())
+    [examples] = [component for component in config["components"] if component.get("type") == "dataset"]
+    assert ["Hello world: tell to"] in examples["props"]["samples"]
+    assert ["ROMEO:\n"] in examples["props"]["samples"]
+
+
 def test_concurrent_users_each_get_their_own_seeded_text(client, model: GPT):
     prompt, seeds = "JULIET:\n", [11, 12, 13, 14]
     alone = {seed: generate(client, prompt, 24, 1.0, 0, seed) for seed in seeds}
@@ -188,6 +198,16 @@ def test_out_of_range_values_from_the_api_are_clamped(client, model: GPT):
     high = generate(client, "KING:", 12, 50.0, 10**9, 10**12)
     expected = sample_text(model, "KING:", 12, temperature=app.TEMPERATURE_MAX, top_k=app.TOP_K_MAX, seed=app.MAX_SEED)
     assert high == expected[0]
+
+
+def test_top_p_from_the_api_is_sample_texts_and_out_of_range_values_are_clamped(client, model: GPT):
+    nucleus = client.predict("ROMEO:", 16, 1.5, 0, 4, 0.5, api_name="/generate")
+    assert nucleus == sample_text(model, "ROMEO:", 16, temperature=1.5, top_k=None, seed=4, top_p=0.5)[0]
+    assert nucleus != sample_text(model, "ROMEO:", 16, temperature=1.5, top_k=None, seed=4)[0]  # it cuts something
+    low = client.predict("ROMEO:", 16, 1.5, 0, 4, -1.0, api_name="/generate")
+    assert low == sample_text(model, "ROMEO:", 16, temperature=1.5, top_k=None, seed=4, top_p=app.TOP_P_MIN)[0]
+    high = client.predict("ROMEO:", 16, 1.5, 0, 4, 7.0, api_name="/generate")
+    assert high == sample_text(model, "ROMEO:", 16, temperature=1.5, top_k=None, seed=4)[0]
 
 
 def test_max_new_tokens_is_bounded(model: GPT, monkeypatch: pytest.MonkeyPatch):
@@ -347,3 +367,29 @@ def test_share_asks_gradio_for_a_public_link(checkpoint: Path, monkeypatch: pyte
     monkeypatch.setattr(app.gr.Blocks, "launch", lambda demo, **kwargs: launches.append(kwargs))
     assert app.main(["--ckpt", str(checkpoint), "--device", "cpu", *args]) == 0
     assert [launch["share"] for launch in launches] == [share]
+
+
+def test_with_the_spaces_package_the_generate_function_is_marked_for_zerogpu(model: GPT, monkeypatch):
+    """A Space installs the `spaces` package, whose spaces.GPU lends each call of a marked function a GPU on ZeroGPU
+    hardware; a stand-in package records what app.py marks and each call. The page's generate endpoint runs the
+    marked function, which writes what sample_text writes; without the package the function is the plain one."""
+    marked, calls = [], []
+
+    def gpu(function):
+        marked.append(function)
+
+        def on_gpu(*args):
+            calls.append(args)
+            yield from function(*args)
+
+        return on_gpu
+
+    monkeypatch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=gpu))
+    demo = load_app_module().build_app(model, "notice")
+    (endpoint,) = [function for function in demo.fns.values() if function.api_name == "generate"]
+    assert [function.__qualname__ for function in marked] == ["make_handler.<locals>.generate"]
+    *_, text = endpoint.fn("ROMEO:", 12, 1.0, 0, 7)
+    assert calls == [("ROMEO:", 12, 1.0, 0, 7)]
+    assert text == sample_text(model, "ROMEO:", 12, temperature=1.0, top_k=None, seed=7)[0]
+    monkeypatch.setitem(sys.modules, "spaces", None)  # not installed: `import spaces` fails
+    assert load_app_module().make_handler(model, "notice").__qualname__ == "make_handler.<locals>.generate"

@@ -31,6 +31,7 @@ LADDER = [
     "vocab 50304",
     "fused AdamW",
     "gradient accumulation",
+    "Muon",
 ]
 SPEED_KEYS = {"ms_median", "ms_min", "ms_max", "tokens_per_s", "tokens_per_s_min", "tokens_per_s_max", "mfu"}
 SPEED_KEYS |= {"peak_memory_mb", "loss", "warmup_s"}
@@ -102,6 +103,10 @@ def test_ladder_reports_every_rung_measured_or_skipped_with_a_reason(tmp_path, f
     below = rows["fused AdamW"]
     assert {**below["features"], "grad_accum": 3} == last["features"]
     assert rows["fp32 baseline"]["speedup"] == 1.0
+    # Muon is measured on top of everything the ladder keeps, and beside it: it changes what a step computes.
+    muon = rows["Muon"]
+    assert not muon["kept"] and muon["features"] == {**last["features"], "optimizer": "muon"}
+    assert muon["built_on"] == "gradient accumulation" and last["features"]["optimizer"] == "adamw"
     assert_figure(figures, "ladder")
     printed = capsys.readouterr().out
     assert printed.splitlines()[0] == result["device"]
@@ -132,7 +137,11 @@ def test_peer_compares_the_same_shapes_and_writes_the_ratios(tmp_path, figures, 
     assert "ours fp32 / transformers fp32: x" in capsys.readouterr().out
 
 
-def test_generate_decoders_agree_on_the_tokens_and_ratios_follow_the_rows(tmp_path, figures):
+@pytest.mark.parametrize("compiled", [False, True])
+def test_generate_decoders_agree_on_the_tokens_and_ratios_follow_the_rows(tmp_path, figures, monkeypatch, compiled):
+    """With --compile, the compiled decoder is a fourth row (its step run as written here: tests/test_sampling.py
+    compiles it)."""
+    monkeypatch.setattr(torch, "compile", lambda fn, **options: fn)
     args = [
         "generate",
         "--preset",
@@ -145,18 +154,56 @@ def test_generate_decoders_agree_on_the_tokens_and_ratios_follow_the_rows(tmp_pa
         "1",
         "--dtype",
         "fp32",
+        "--compile" if compiled else "--no-compile",
     ]
     result = run_bench(args, tmp_path / "generate.json")
     assert_header(result, "generate")
     rows = {row["decoder"]: row for row in result["rows"]}
-    assert set(rows) == {"ours cached", "ours uncached", "transformers generate"}
+    assert set(rows) == {"ours cached", "ours uncached", "transformers generate"} | (
+        {"ours compiled step"} if compiled else set()
+    )
     for row in rows.values():
         assert row["dtype"] == "fp32"
         assert row["same_tokens"], f"{row['decoder']} chose other tokens than transformers with the same weights"
         assert_timing(row, 6)
-    ratio = result["ratios"]["fp32: ours cached / transformers generate"]
-    assert ratio == pytest.approx(rows["ours cached"]["tokens_per_s"] / rows["transformers generate"]["tokens_per_s"])
+    for decoder in set(rows) - {"ours uncached", "transformers generate"}:
+        ratio = result["ratios"][f"fp32: {decoder} / transformers generate"]
+        assert ratio == pytest.approx(rows[decoder]["tokens_per_s"] / rows["transformers generate"]["tokens_per_s"])
     assert_figure(figures, "generate")
+
+
+def test_profile_shares_a_steps_time_by_kind_and_draws_them(tmp_path, figures, capsys):
+    result = run_bench(["profile", *TINY[:-4], "--steps", "1", "--warmup", "1"], tmp_path / "profile.json")
+    assert_header(result, "profile")
+    shares = result["shares"]
+    assert list(shares) == ["loss", "attention", "matrix products", "optimizer", "the rest"]
+    assert sum(shares.values()) == pytest.approx(1.0)
+    assert shares["matrix products"] > 0 and shares["optimizer"] > 0 and shares["loss"] > 0
+    assert 0 < result["busy_ms_per_step"] and "gpu_idle_share" not in result
+    assert_figure(figures, "profile")
+    assert "matrix products" in capsys.readouterr().out
+
+
+def test_profiled_operations_are_sorted_by_what_they_compute():
+    """By name, then by the nearest enclosing operation that says; the optimizer's whole step is the optimizer's."""
+    from types import SimpleNamespace
+
+    from shakegpt.profiling import event_kind
+
+    def op(name, parent=None, kernels=()):
+        return SimpleNamespace(name=name, cpu_parent=parent, kernels=[SimpleNamespace(name=k) for k in kernels])
+
+    linear = op("aten::linear")
+    chunked = op("ChunkedLinearCrossEntropy")
+    step = op("Optimizer.step#AdamW.step")
+    assert event_kind(op("aten::copy_", op("aten::addmm", linear))) == "matrix products"
+    assert event_kind(op("aten::exp_", chunked)) == "loss"
+    assert event_kind(op("aten::mm", chunked)) == "matrix products"  # the output layer's product, inside the loss
+    assert event_kind(op("aten::_softmax", op("aten::scaled_dot_product_attention"))) == "attention"
+    assert event_kind(op("aten::mm", op("aten::_foreach_mul_", step))) == "optimizer"
+    assert event_kind(op("aten::native_layer_norm")) == "the rest"
+    assert event_kind(op("cudaLaunchKernel", kernels=["sm90_xmma_gemm_bf16bf16_bf16f32"])) == "matrix products"
+    assert event_kind(op("triton_red_fused__log_softmax_0")) == "loss"
 
 
 @pytest.mark.parametrize(

@@ -282,6 +282,60 @@ def test_token_cache_is_rebuilt_when_the_corpus_hash_changes(cache_dir, monkeypa
     assert load_tokens("tinyshakespeare", cache_dir).tolist() == encoded[1]
 
 
+# ---- your own text ---------------------------------------------------------------------------------------------
+
+OWN_TEXT = "Dear diary,\nToday the naïve café served ☃-shaped cakes. 日本語 too!\n" * 3
+
+
+def test_a_text_file_is_encoded_once_and_cached_under_its_texts_hash(tmp_path, cache_dir, monkeypatch):
+    path = tmp_path / "diary.txt"
+    path.write_bytes(b"\xef\xbb\xbf" + OWN_TEXT.encode("utf-8"))  # with the byte-order mark some editors write
+    expected = get_tokenizer().encode_ordinary(OWN_TEXT)  # the mark is not part of the text
+    tokens = load_tokens("complete", cache_dir, text_file=path)  # the file wins over the corpus
+    assert tokens.dtype == np.uint16 and tokens.tolist() == expected
+    cache_file = cache_dir / f"text-gpt2-{sha256_hex(OWN_TEXT.encode())[:16]}.u16"
+    assert [file.name for file in cache_dir.iterdir()] == [cache_file.name]  # no corpus read or downloaded
+    assert np.fromfile(cache_file, dtype=np.uint16).tolist() == expected
+
+    path.write_text(OWN_TEXT + "The end.\n", encoding="utf-8")  # an edited file is encoded again
+    assert load_tokens(text_file=path, cache_dir=cache_dir).tolist() == get_tokenizer().encode_ordinary(
+        OWN_TEXT + "The end.\n"
+    )
+    assert len(list(cache_dir.glob("text-gpt2-*.u16"))) == 2
+    path.write_text(OWN_TEXT, encoding="utf-8")
+    forbid_encoding(monkeypatch)  # the first version's cache is still there and still read
+    assert load_tokens(text_file=str(path), cache_dir=cache_dir).tolist() == expected
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "cannot read text_file / --text-file {path}: No such file or directory."),
+        (b"", "{path} is empty: there is no text in it to train on."),
+        (b"\xef\xbb\xbf", "{path} is empty: there is no text in it to train on."),
+        (
+            "Caf\u00e9 au lait\n".encode("latin-1"),
+            "{path} is not UTF-8 text (byte 3 is not valid UTF-8); save it as UTF-8 and try again.",
+        ),
+    ],
+    ids=["missing", "empty", "only-a-byte-order-mark", "latin-1"],
+)
+def test_a_text_file_that_cannot_be_trained_on_is_refused_in_one_sentence(tmp_path, cache_dir, content, message):
+    path = tmp_path / "notes.txt"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(ShakeGPTError) as error:
+        load_tokens(cache_dir=cache_dir, text_file=path)
+    assert str(error.value) == message.format(path=path)
+    assert list(cache_dir.iterdir()) == []
+
+
+def test_a_folder_is_not_a_text_file(tmp_path, cache_dir):
+    with pytest.raises(ShakeGPTError) as error:
+        load_tokens(cache_dir=cache_dir, text_file=tmp_path)
+    assert str(error.value) == f"cannot read text_file / --text-file {tmp_path}: Is a directory."
+
+
 # ---- the split ---------------------------------------------------------------------------------------------------
 
 

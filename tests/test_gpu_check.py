@@ -187,7 +187,27 @@ def test_samples_of_both_checkpoints_with_memorisation(default_parts: DryRun, gp
         assert section.count("memorisation: longest span copied from the training text") == 5
 
 
-@pytest.mark.parametrize("parts", ["default_parts", "notebook_parts"])
+@pytest.fixture(scope="module")
+def speed_parts(tmp_path_factory) -> DryRun:
+    """The sweep (its Muon run alone) and the speed benchmarks."""
+    return dry_run(tmp_path_factory, ["--part", "sweep,speed", "--sweep", "muon"])
+
+
+def test_the_sweep_and_speed_parts_pack_each_run_and_benchmark_into_one_file(speed_parts: DryRun, gpu_check):
+    assert speed_parts.result.returncode == 0, speed_parts.result.stdout + speed_parts.result.stderr
+    assert list(speed_parts.report["checks"]) == ["sweep/muon", "speed/profile", "speed/generate"]
+    packed = json.loads((speed_parts.out / "sweep" / "muon.json").read_text())
+    assert packed["flags"] == gpu_check.SWEEP["muon"] == ["--optimizer", "muon"]
+    assert packed["measured"] == speed_parts.measured("sweep/muon")
+    assert [row["step"] for row in packed["metrics"]][-1] == packed["measured"]["steps"] == 20
+    assert any("train" in line and "tiny" in line for line in packed["log_tail"])
+    profile = json.loads((speed_parts.out / "speed" / "bench_profile_cpu.json").read_text())
+    assert speed_parts.measured("speed/profile")["shares"] == profile["shares"]
+    generate = json.loads((speed_parts.out / "speed" / "bench_generate_cpu.json").read_text())
+    assert speed_parts.measured("speed/generate")["ratios"] == generate["ratios"]
+
+
+@pytest.mark.parametrize("parts", ["default_parts", "notebook_parts", "speed_parts"])
 def test_output_fits_what_the_device_tool_brings_back(parts: str, request: pytest.FixtureRequest):
     out = request.getfixturevalue(parts).out
     files = [path.relative_to(out) for path in out.rglob("*") if path.is_file()]

@@ -3,6 +3,7 @@ against hand-written expectations."""
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import subprocess
@@ -209,6 +210,60 @@ def test_weight_decay_shrinks_only_the_decayed_group(tiny_config):
         torch.testing.assert_close(p.detach(), before[name] * factor, atol=0, rtol=1e-6, msg=name)
 
 
+def test_muon_takes_the_blocks_linear_weights_and_adamw_everything_else(tiny_config):
+    model = GPT(tiny_config)
+    optimizer = configure_optimizer(model, weight_decay=0.1, lr=3e-4, kind="muon")
+    names = {id(p): name for name, p in model.named_parameters()}
+    muon = [names[id(p)] for group in optimizer.muon.param_groups for p in group["params"]]
+    adamw = [names[id(p)] for group in optimizer.adamw.param_groups for p in group["params"]]
+    linear = ("c_attn.weight", "attn.c_proj.weight", "c_fc.weight", "mlp.c_proj.weight")
+    assert sorted(muon) == sorted(n for n in names.values() if n.startswith("transformer.h.") and n.endswith(linear))
+    assert sorted(muon + adamw) == sorted(names.values())  # every parameter, once (the tied head is wte)
+    assert {"transformer.wte.weight", "transformer.wpe.weight"} <= set(adamw)
+    # The schedule and the gradient scaler reach every parameter through one list of groups, at one rate.
+    assert sum(len(group["params"]) for group in optimizer.param_groups) == len(names)
+    assert {group["lr"] for group in optimizer.param_groups} == {3e-4}
+
+
+def test_muon_steps_each_matrix_by_its_orthogonalised_momentum_and_resumes_exactly(tiny_config):
+    """One step from zero momentum: Muon's update of a hidden matrix is torch.optim.Muon's on that matrix alone, and
+    AdamW's update of the rest is AdamW's; a second optimizer loaded from the first's state_dict takes the same next
+    step."""
+    torch.manual_seed(0)
+    model = GPT(tiny_config)
+    x = torch.randint(0, tiny_config.vocab_size, (2, 16))
+    twin = copy.deepcopy(model)
+    for m in (model, twin):
+        m(x, x)[1].backward()
+    optimizer = configure_optimizer(model, weight_decay=0.1, lr=1e-2, kind="muon")
+    optimizer.step()
+    c_fc = twin.transformer.h[0].mlp.c_fc.weight
+    torch.optim.Muon([c_fc], lr=1e-2, weight_decay=0.1, adjust_lr_fn="match_rms_adamw").step()
+    torch.testing.assert_close(model.transformer.h[0].mlp.c_fc.weight, c_fc)
+    wte = twin.transformer.wte.weight
+    torch.optim.AdamW([wte], lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1).step()
+    torch.testing.assert_close(model.transformer.wte.weight, wte)
+
+    resumed_model = copy.deepcopy(model)
+    resumed = configure_optimizer(resumed_model, weight_decay=0.1, lr=1e-2, kind="muon")
+    resumed.load_state_dict(copy.deepcopy(optimizer.state_dict()))  # as read back from a file: no shared tensors
+    for m in (model, resumed_model):
+        m.zero_grad()
+        m(x, x)[1].backward()
+    optimizer.step()
+    resumed.step()
+    for (name, a), b in zip(model.named_parameters(), resumed_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, atol=0, rtol=0, msg=name)
+
+
+def test_without_muon_in_torch_the_optimizer_is_one_line(tiny_config, monkeypatch):
+    monkeypatch.delattr(torch.optim, "Muon")
+    with pytest.raises(ShakeGPTError, match=r"has no torch.optim.Muon \(it came in torch 2.9\): upgrade torch, or"):
+        configure_optimizer(GPT(tiny_config), kind="muon")
+    with pytest.raises(ShakeGPTError, match="unknown optimizer 'sgd'"):
+        configure_optimizer(GPT(tiny_config), kind="sgd")
+
+
 # ---- learning-rate schedule --------------------------------------------------------------------------------------
 
 
@@ -233,6 +288,24 @@ def test_lr_schedule_decays_monotonically_after_warmup():
     rates = [get_lr(step, 1e-3, 1e-4, 5, 200) for step in range(5, 201)]
     assert all(a >= b for a, b in zip(rates, rates[1:], strict=False))
     assert get_lr(0, 1e-3, 1e-4, 0, 200) == 1e-3  # no warmup: the peak at once
+
+
+@pytest.mark.parametrize(
+    "step, expected",
+    [
+        (0, 6e-5),  # the same warmup as the cosine
+        (9, 6e-4),
+        (10, 6e-4),  # then the peak, held
+        (82, 6e-4),  # the decay takes the last round(0.25 x 110) = 28 steps: it starts after step 82
+        (83, 6e-5 + (27 / 28) * 5.4e-4),  # 27 of the 28 decay steps left (round(27.5) = 28)
+        (96, 6e-5 + (14 / 28) * 5.4e-4),  # halfway down: the mean of max and min
+        (110, 6e-5),  # the floor at max_steps
+        (10_000, 6e-5),
+    ],
+)
+def test_warmup_stable_decay_holds_the_peak_then_decays_linearly(step, expected):
+    rate = get_lr(step, 6e-4, 6e-5, warmup_steps=10, max_steps=110, schedule="wsd", decay_fraction=0.25)
+    assert rate == pytest.approx(expected, rel=1e-12)
 
 
 # ---- model FLOPs utilisation -------------------------------------------------------------------------------------

@@ -222,7 +222,7 @@ def test_export_hf_loads_in_transformers_with_the_same_logits(tmp_path, no_netwo
     model = randomize_small_params(GPT(GPTConfig(block_size=32, vocab_size=vocab, n_layer=2, n_head=4, n_embd=32)))
     model.eval()
     folder = export_hf(model, tmp_path / "hf")
-    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+    assert {"config.json", "model.safetensors"} <= {p.name for p in folder.iterdir()}  # tests/test_hf.py: the rest
     hf = transformers.GPT2LMHeadModel.from_pretrained(folder, local_files_only=True).eval()
     assert hf.config.vocab_size == GPT2_VOCAB_SIZE
     assert hf.transformer.wte.weight.shape == (GPT2_VOCAB_SIZE, 32)  # a padded vocabulary is cut back

@@ -246,6 +246,7 @@ RUNG_LINES = {
     "vocab 50304": ["PADDED_VOCAB_SIZE"],
     "fused AdamW": ["torch.optim.AdamW(", "fused=True"],
     "gradient accumulation": ["grad_accum = GRAD_ACCUM"],
+    "Muon": ["torch.optim.Muon(", "sg.MuonWithAdamW("],
 }
 JARGON = re.compile(r"\bsmoke\b|\bCI\b|these machines", flags=re.I)
 MAX_NOTEBOOK_BYTES = 300_000

@@ -10,10 +10,13 @@ from shakegpt.cli import build_parser
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def setup_section() -> str:
+    return ROOT.joinpath("README.md").read_text().split("## Set-up", 1)[1].split("\n## ", 1)[0]
+
+
 def setup_commands() -> list[str]:
     """The code blocks of the README's Set-up section."""
-    section = ROOT.joinpath("README.md").read_text().split("## Set-up", 1)[1].split("\n## ", 1)[0]
-    return [block.strip() for block in re.findall(r"```bash\n(.*?)```", section, flags=re.S)]
+    return [block.strip() for block in re.findall(r"```bash\n(.*?)```", setup_section(), flags=re.S)]
 
 
 def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one():
@@ -23,6 +26,16 @@ def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one():
     ci_lines = ROOT.joinpath(".ci/run").read_text().splitlines()
     assert test_command in ci_lines
     assert "pip install -q torch==2.13.0" in ci_lines
+
+
+def test_the_uv_set_up_runs_the_same_two_commands():
+    """The set-up with uv: its environment, then each command with `uv pip install` where the other says `pip install`
+    (so a change to the two commands shows here until the uv line follows)."""
+    prose = " ".join(setup_section().split())  # a command may wrap across lines of the paragraph
+    assert "`uv venv && source .venv/bin/activate`" in prose
+    for command in setup_commands():
+        assert command.startswith("pip install ")
+        assert f"`uv {command}`" in prose
 
 
 def test_the_main_command_parses():

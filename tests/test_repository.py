@@ -15,6 +15,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import yaml
 
 from shakegpt.config import PROJECT_ROOT, repository_url
 
@@ -47,6 +48,29 @@ def test_every_file_spells_the_address_as_pyproject_does():
     notebooks = {name for name in found[expected] if name.endswith(".ipynb")}
     assert len(notebooks) == len(list((PROJECT_ROOT / "notebooks").rglob("[0-9][0-9]_*.ipynb")))
     assert "space/README.md" in found[expected]
+
+
+def test_citation_and_licence_agree_with_pyproject():
+    """CITATION.cff (Citation File Format 1.2.0) cites the version, licence and address pyproject.toml declares, and
+    LICENSE holds the MIT licence that pyproject names."""
+    with (PROJECT_ROOT / "pyproject.toml").open("rb") as file:
+        project = tomllib.load(file)["project"]
+    citation = yaml.safe_load((PROJECT_ROOT / "CITATION.cff").read_text(encoding="utf-8"))
+    assert citation["cff-version"] == "1.2.0"
+    assert citation["message"] and citation["title"].startswith("ShakeGPT")
+    assert citation["authors"] == [{"name": "The ShakeGPT authors"}]
+    assert citation["version"] == project["version"]
+    assert citation["license"] == project["license"]["text"] == "MIT"
+    assert citation["repository-code"] == project["urls"]["Repository"] == repository_url()
+    assert citation["abstract"] == project["description"]
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", str(citation["date-released"]))
+
+    licence = (PROJECT_ROOT / "LICENSE").read_text(encoding="utf-8")
+    assert licence.startswith("MIT License\n\nCopyright (c) 2026 The ShakeGPT authors\n\n")
+    text = " ".join(licence.split())
+    assert "Permission is hereby granted, free of charge, to any person obtaining a copy of this software" in text
+    assert "The above copyright notice and this permission notice shall be included in all copies" in text
+    assert 'THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND' in text
 
 
 @pytest.fixture

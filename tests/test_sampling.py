@@ -1,17 +1,26 @@
 """Sampling through its public API (generate, generate_stream, encode_prompt, sample_text) against transformers'
-greedy generate, a plain sliding-window greedy loop, and the model's own top-k logits; generation with and without the
-cache, and seeded sampling, on the device --device names."""
+greedy generate, a plain sliding-window greedy loop, the model's own top-k logits and notebook 08's brute-force top-p;
+generation with and without the cache, with the compiled decoder, and seeded sampling, on the device --device
+names."""
 
 from __future__ import annotations
 
+import ast
+from collections.abc import Callable
+from pathlib import Path
+
+import nbformat
 import pytest
 import torch
 
 from shakegpt.config import GPT2_VOCAB_SIZE, GPTConfig
+from shakegpt.fast_decoding import CompiledDecoder, StaticKVCache
 from shakegpt.hf import from_hf
 from shakegpt.model import GPT
-from shakegpt.sampling import encode_prompt, generate, generate_stream, sample_text
+from shakegpt.sampling import encode_prompt, generate, generate_stream, sample_text, sampling_probabilities
 from shakegpt.tokenizer import END_OF_TEXT, get_tokenizer
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -152,3 +161,93 @@ def test_sample_text_is_the_prompt_followed_by_the_decoded_tokens(gpt2_vocab_mod
     samples = sample_text(gpt2_vocab_model, text, max_new_tokens=8, temperature=1.0, seed=5, num_samples=2)
     assert len(samples) == 2 and all(s.startswith(text) for s in samples)
     assert samples == sample_text(gpt2_vocab_model, text, max_new_tokens=8, temperature=1.0, seed=5, num_samples=2)
+
+
+# ---- top-p ---------------------------------------------------------------------------------------------------------
+
+
+def exercise_brute_force() -> Callable[[torch.Tensor, float], torch.Tensor]:
+    """The brute-force nucleus of notebook 08's top-p exercise check, taken from the notebook itself."""
+    notebook = nbformat.read(ROOT / "notebooks" / "08_sampling.ipynb", as_version=4)
+    check = next(c.source for c in notebook.cells if "def nucleus_brute_force" in c.source)
+    found = next(n for n in ast.walk(ast.parse(check)) if getattr(n, "name", "") == "nucleus_brute_force")
+    namespace = {"F": torch.nn.functional, "torch": torch}
+    exec(compile(ast.Module([found], type_ignores=[]), "08_sampling", "exec"), namespace)
+    return namespace["nucleus_brute_force"]
+
+
+def test_top_p_keeps_the_same_tokens_as_the_exercises_brute_force():
+    brute_force = exercise_brute_force()
+    random_logits = 3 * torch.randn(8, 50, generator=torch.Generator().manual_seed(1))
+    cases = [(random_logits, p) for p in (1e-6, 0.05, 0.3, 0.5, 0.9, 0.99, 1.0)]
+    cases += [(torch.tensor([[2.0, 2.0, 2.0, 0.0]]), 0.5), (torch.tensor([[1.0, float("-inf"), 0.0, -1.0]]), 0.8)]
+    for logits, p in cases:
+        probs = sampling_probabilities(logits, temperature=1.0, top_p=p).double()
+        torch.testing.assert_close(probs / probs.sum(-1, keepdim=True), brute_force(logits, p), atol=1e-6, rtol=1e-5)
+
+
+def test_top_p_samples_only_from_the_nucleus_and_1_changes_nothing(model):
+    idx = prompt(model.config.vocab_size, 4, batch=3)
+    out = generate(model, idx, 25, temperature=2.0, seed=4, top_p=0.6)
+    with torch.no_grad():
+        logits, _ = model(out[:, :-1])
+    allowed = sampling_probabilities(logits[:, 3:] / 2.0, temperature=1.0, top_p=0.6) > 0
+    assert allowed.gather(-1, out[:, 4:, None]).all()
+    assert len(set(out[:, 4:].flatten().tolist())) > 3
+    assert torch.equal(generate(model, idx, 25, 2.0, None, 4, top_p=1.0), generate(model, idx, 25, 2.0, None, 4))
+    assert torch.equal(generate(model, idx, 10, 1.0, None, 0, top_p=1e-6), generate(model, idx, 10, temperature=0))
+
+
+# ---- the compiled decoder ------------------------------------------------------------------------------------------
+
+
+def test_a_fixed_size_cache_gives_the_logits_of_the_whole_sequence(model, device):
+    """The prompt, then one token at a time, through a StaticKVCache: each step's logits equal those of the whole
+    sequence at that position, with textbook attention and with SDPA."""
+    for attn_impl in ("manual", "sdpa"):
+        model.config.attn_impl = attn_impl
+        for block in model.transformer.h:
+            block.attn.attn_impl = attn_impl
+        model.to(device)
+        tokens = prompt(model.config.vocab_size, 20).to(device)
+        cache = StaticKVCache(model.config, 2, device, torch.float32)
+        with torch.no_grad():
+            whole, _ = model(tokens)
+            steps = [model(tokens[:, :12], cache=cache)[0]]
+            steps += [model(tokens[:, i : i + 1], cache=cache)[0] for i in range(12, 20)]
+        torch.testing.assert_close(torch.cat(steps, dim=1), whole, atol=1e-5, rtol=1e-4)
+        assert cache.position.item() == 20
+
+
+@pytest.fixture(scope="module")
+def decoder_and_model(device) -> tuple[CompiledDecoder, GPT]:
+    """One compiled decoder for the tests below (compiling takes seconds): CUDA graphs on a GPU."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=32, vocab_size=97, n_layer=2, n_head=2, n_embd=32))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.3 if p.dim() >= 2 else 0.1)
+    model = model.to(device).eval()
+    return CompiledDecoder(model, batch_size=2), model
+
+
+def test_the_compiled_decoder_gives_the_greedy_tokens_of_decoding_without_the_cache(decoder_and_model, device):
+    decoder, model = decoder_and_model
+    idx = prompt(97, 5).to(device)
+    expected = generate(model, idx, 40, temperature=0, use_cache=False)  # past the context of 32: the window slides
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert torch.equal(decoder.generate(idx, 40, temperature=0), expected)
+    assert torch.equal(decoder.generate(idx, 40, temperature=0), expected)  # again, from a used cache
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs <= 1  # compiled once, for any position
+
+
+def test_the_compiled_decoder_samples_on_the_device_repeatably_within_top_k(decoder_and_model, device):
+    decoder, model = decoder_and_model
+    idx = prompt(97, 4).to(device)
+    runs = [decoder.generate(idx, 20, temperature=5.0, top_k=3, seed=seed) for seed in (1, 1, 2)]
+    assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
+    with torch.no_grad():
+        logits, _ = model(runs[0][:, :-1])
+    allowed = logits[:, 3:].topk(3, dim=-1).indices
+    assert (allowed == runs[0][:, 4:, None]).any(dim=-1).all()
+    assert len(set(runs[0][:, 4:].flatten().tolist())) > 3

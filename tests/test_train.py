@@ -203,13 +203,16 @@ def test_resume_after_kill_9_continues_exactly(tmp_path, env):
     assert val == [row.get("val_loss") for row in sg.read_metrics(reference / "metrics.jsonl")]
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "fp16"])  # fp16: the T4's path, with a GradScaler whose state resumes
-def test_crash_during_checkpoint_write_keeps_previous_and_resume_is_exact(tmp_path, in_process_env, monkeypatch, dtype):
+# fp16: the T4's path, with a GradScaler whose state resumes; Muon: an optimizer of two, whose states both resume.
+@pytest.mark.parametrize("dtype, optimizer", [("fp32", "adamw"), ("fp16", "adamw"), ("fp32", "muon")])
+def test_crash_during_checkpoint_write_keeps_previous_and_resume_is_exact(
+    tmp_path, in_process_env, monkeypatch, dtype, optimizer
+):
     # A loss scale high enough to overflow fp16 at first: the scaler skips steps and lowers it, so a resume that
     # lost the scaler's state would start again from this one and skip other steps.
     monkeypatch.setattr(torch.amp, "GradScaler", functools.partial(torch.amp.GradScaler, init_scale=2.0**24))
     reference = tmp_path / "reference"
-    sg.train(run_config(reference, dropout=0.1, dtype=dtype))
+    sg.train(run_config(reference, dropout=0.1, dtype=dtype, optimizer=optimizer))
 
     out = tmp_path / "crashed"
     real_save = torch.save
@@ -224,7 +227,7 @@ def test_crash_during_checkpoint_write_keeps_previous_and_resume_is_exact(tmp_pa
 
     monkeypatch.setattr(torch, "save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        sg.train(run_config(out, dropout=0.1, dtype=dtype))
+        sg.train(run_config(out, dropout=0.1, dtype=dtype, optimizer=optimizer))
     monkeypatch.setattr(torch, "save", real_save)
     checkpoint = sg.load_checkpoint(out / "last.pt")
     assert checkpoint["step"] == 6
@@ -232,9 +235,39 @@ def test_crash_during_checkpoint_write_keeps_previous_and_resume_is_exact(tmp_pa
     if dtype == "fp16":  # the loss scale has come down from its start: resuming must not reset it
         assert checkpoint["extra"]["scaler"]["scale"] < 2.0**24
 
-    summary = sg.train(run_config(out, dropout=0.1, dtype=dtype, resume=True))
+    summary = sg.train(run_config(out, dropout=0.1, dtype=dtype, optimizer=optimizer, resume=True))
     assert losses(out) == losses(reference)
-    assert summary["dtype"] == dtype
+    assert summary["dtype"] == dtype and summary["config"]["optimizer"] == optimizer
+
+
+def test_checkpoints_only_at_the_end_keep_the_best_weights_in_memory(tmp_path, in_process_env, monkeypatch):
+    """With ckpt_interval 0 nothing is written while the run is timed: last.pt at the last step, then best.pt,
+    holding the weights of the best validation step, equal to those a run writing best.pt at that step saves."""
+    written = []
+    real_save = train_module.save_checkpoint
+
+    def recorded(path, model, optimizer=None, step=0, *args, **kwargs):
+        written.append((Path(path).name, step, optimizer is not None))
+        return real_save(path, model, optimizer, step, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", recorded)
+    # 256 training tokens and a high learning rate: validation is best at step 3 and worse after it.
+    changes = dict(max_steps=9, eval_interval=3, lr=3e-2, warmup_steps=1, train_tokens=256)
+    at_the_end = sg.train(run_config(tmp_path / "end", ckpt_interval=0, **changes))
+    assert at_the_end["best_val_step"] < 9, "the test needs a best step before the last one"
+    assert written == [("last.pt", 9, True), ("best.pt", at_the_end["best_val_step"], False)]
+
+    written.clear()
+    as_it_goes = sg.train(run_config(tmp_path / "steps", ckpt_interval=3, **changes))
+    assert ("best.pt", as_it_goes["best_val_step"], True) in written and len(written) > 2
+    assert as_it_goes["best_val_step"] == at_the_end["best_val_step"]
+    best_now = sg.load_checkpoint(tmp_path / "steps" / "best.pt")["model"]
+    best_kept = sg.load_checkpoint(tmp_path / "end" / "best.pt")
+    assert best_kept["step"] == at_the_end["best_val_step"] and best_kept["optimizer"] is None
+    for name, weight in best_now.items():
+        torch.testing.assert_close(best_kept["model"][name], weight, atol=0, rtol=0, msg=name)
+    last = sg.load_checkpoint(tmp_path / "end" / "last.pt")["model"]
+    assert any(not torch.equal(last[name], weight) for name, weight in best_now.items())
 
 
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path, env):
@@ -342,7 +375,9 @@ def test_evaluation_runs_the_plain_model_never_the_compiled_one(tmp_path, in_pro
     assert len(calls) == 12 and set(calls) == {(True, True)}  # one call per training step, never for evaluation
 
 
-def test_train_tokens_trains_on_a_slice_and_keeps_the_whole_validation_split(tmp_path, in_process_env, monkeypatch):
+@pytest.fixture
+def data_seen(monkeypatch) -> tuple[list, list]:
+    """Two lists that collect, during a run, the tokens its batch loader trains on and those it validates on."""
     trained_on, validated_on = [], []
 
     class RecordingBatches(sg.TokenBatches):
@@ -356,12 +391,65 @@ def test_train_tokens_trains_on_a_slice_and_keeps_the_whole_validation_split(tmp
 
     monkeypatch.setattr(train_module, "TokenBatches", RecordingBatches)
     monkeypatch.setattr(train_module, "evaluation_windows", recording_windows)
+    return trained_on, validated_on
+
+
+def test_train_tokens_trains_on_a_slice_and_keeps_the_whole_validation_split(tmp_path, in_process_env, data_seen):
+    trained_on, validated_on = data_seen
     summary = sg.train(run_config(tmp_path / "slice", train_tokens=2000, max_steps=6))
     train, validation = sg.split_tokens(sg.load_tokens("tinyshakespeare"))
     assert [len(tokens) for tokens in trained_on] == [2000]
     assert (trained_on[0] == train[:2000]).all()
     assert validated_on and all(len(v) == len(validation) and (v == validation).all() for v in validated_on)
     assert summary["train_tokens"] == 2000 and summary["config"]["train_tokens"] == 2000
+
+
+def own_text(lines: int) -> str:
+    """A text of one's own, not Shakespeare: a made-up diary, a few accents and symbols included."""
+    return "".join(
+        f"Day {i}: the naïve café served {i % 7} cakes ☃, and the fox jumped over the dog.\n" for i in range(lines)
+    )
+
+
+def test_a_run_trains_on_a_text_file_split_and_recorded_like_a_corpus(
+    tmp_path, in_process_env, data_seen, monkeypatch, capsys
+):
+    trained_on, validated_on = data_seen
+    text = own_text(120)
+    (tmp_path / "diary.txt").write_text(text, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)  # a path relative to where the run starts
+    summary = sg.train(run_config(tmp_path / "run", text_file="diary.txt", max_steps=4, eval_interval=2))
+    tokens = sg.get_tokenizer().encode_ordinary(text)
+    cut = int(len(tokens) * 0.9)  # the first 90% trains, the last 10% validates
+    assert [t.tolist() for t in trained_on] == [tokens[:cut]]
+    assert validated_on and all(v.tolist() == tokens[cut:] for v in validated_on)
+    assert summary["train_tokens"] == cut and summary["best_val_loss"] is not None
+    recorded = str((tmp_path / "diary.txt").resolve())  # absolute: sample --memorisation finds it from anywhere
+    assert summary["config"]["text_file"] == recorded
+    assert sg.load_checkpoint(tmp_path / "run" / "best.pt")["train_config"]["text_file"] == recorded
+    assert "parameters) on diary.txt | " in capsys.readouterr().out
+
+
+def test_a_text_file_that_cannot_train_is_one_line_and_nothing_written(tmp_path, in_process_env, capsys):
+    out, short = tmp_path / "run", "A short note.\n" * 20
+    n = len(sg.get_tokenizer().encode_ordinary(short))
+    validation = n - int(n * 0.9)
+    cases = {
+        None: f"cannot read text_file / --text-file {tmp_path / 'mine.txt'}: No such file or directory.",
+        b"": f"{tmp_path / 'mine.txt'} is empty: there is no text in it to train on.",
+        "na\u00efve".encode("latin-1"): f"{tmp_path / 'mine.txt'} is not UTF-8 text (byte 2 is not valid UTF-8); save "
+        "it as UTF-8 and try again.",
+        short.encode(): f"mine.txt is too short for one sequence of 32 tokens in its validation split: its {n} tokens "
+        f"leave {validation} in the last 10%; use a longer text or a smaller seq_len / --seq-len.",
+    }
+    assert validation < 33  # one sequence of 32 inputs and its 32 targets needs 33 tokens
+    for content, message in cases.items():
+        (tmp_path / "mine.txt").unlink(missing_ok=True)
+        if content is not None:
+            (tmp_path / "mine.txt").write_bytes(content)
+        assert sg.main(["train", *TINY, "--text-file", str(tmp_path / "mine.txt"), "--out", str(out)]) == 1
+        assert capsys.readouterr().err == f"error: {message}\n"
+        assert not out.exists()
 
 
 def test_torchrun_with_one_process_trains_through_distributed_data_parallel(tmp_path, env):
@@ -457,6 +545,14 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
             "999,999,999 is more than the 304,222 tokens of the tinyshakespeare",
         ),
         (["train", "--corpus", "sonnets"], "unknown corpus 'sonnets'"),
+        (["train", "--optimizer", "sgd"], "unknown optimizer 'sgd'"),
+        (["train", "--schedule", "linear"], "unknown schedule 'linear'"),
+        (
+            ["train", "--schedule", "wsd", "--decay-fraction", "0"],
+            "decay_fraction / --decay-fraction must be in (0, 1]",
+        ),
+        (["train", "--ckpt-interval", "-1"], "ckpt_interval / --ckpt-interval must be at least 0, not -1."),
+        (["train", "--text-file", "no/such/notes.txt"], "--text-file no/such/notes.txt: No such file or directory."),
         (["train", "--preset", "tiny", "--n-head", "0"], "n_head / --n-head must be at least 1, not 0."),
         (["train", "--preset", "tiny", "--n-head", "3"], "n_embd=64 must be divisible by n_head=3"),
         (["train", "--preset", "tiny", "--seq-len", "0"], "seq_len / --seq-len must be at least 1, not 0."),
@@ -464,13 +560,20 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
         (["train", "--batch-size", "many"], "invalid int value: 'many'"),
         (["train", "--preset", "tiny", "--dtype", "fp8"], "unknown dtype 'fp8'"),
         (["sample", "--ckpt", "no/such/file.pt"], "no checkpoint at no/such/file.pt"),
+        (["sample", "--ckpt", "no/such/file.pt", "--top-p", "0"], "top_p / --top-p must be in (0, 1], not 0.0."),
+        (["sample", "--ckpt", "no/such/file.pt", "--top-p", "1.5"], "top_p / --top-p must be in (0, 1], not 1.5."),
     ],
 )
-def test_bad_arguments_give_one_line_and_nonzero_exit(args, message, env):
-    result = cli(args, env)
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    assert result.stderr.strip().count("\n") == 0 and message in result.stderr
+def test_bad_arguments_give_one_line_and_nonzero_exit(args, message, in_process_env, capsys):
+    """In this process, as `python -m shakegpt_utils` runs it: main's exit status, or argparse's."""
+    try:
+        status = sg.main(args)
+    except SystemExit as exit:
+        status = exit.code
+    err = capsys.readouterr().err
+    assert status != 0
+    assert "Traceback" not in err
+    assert err.strip().count("\n") == 0 and message in err
 
 
 def test_missing_corpus_offline_says_where_to_put_it(tmp_path, env):
@@ -494,7 +597,13 @@ def test_unreadable_checkpoints_are_refused_for_resume_and_sample(tmp_path, env)
     assert sample.returncode == 1 and "is not a readable checkpoint" in sample.stderr
 
 
-def test_sample_command_prints_seeded_samples_from_a_checkpoint(tmp_path, env):
+def run_main(args: list[str], capsys) -> str:
+    """`python -m shakegpt_utils ARGS` in this process: its standard output, once it has exited with status 0."""
+    assert sg.main(args) == 0, capsys.readouterr().err
+    return capsys.readouterr().out
+
+
+def test_sample_command_prints_seeded_samples_from_a_checkpoint(tmp_path, in_process_env, capsys):
     torch.manual_seed(0)
     model = sg.GPT(sg.GPTConfig.tiny(vocab_size=sg.PADDED_VOCAB_SIZE))
     sg.save_checkpoint(tmp_path / "tiny.pt", model)
@@ -513,23 +622,51 @@ def test_sample_command_prints_seeded_samples_from_a_checkpoint(tmp_path, env):
         "--device",
         "cpu",
     ]
-    first, second = cli(args, env), cli(args, env)
-    assert first.returncode == 0, first.stderr
-    assert first.stdout == second.stdout
+    first, second = run_main(args, capsys), run_main(args, capsys)
+    assert first == second
     expected = sg.sample_text(model.eval(), "JULIET:", 12, 0.8, 200, seed=7, num_samples=2)
     for i, text in enumerate(expected):
-        assert f"--- sample {i + 1} ---\n{text}\n" in first.stdout
-    assert "memorisation:" not in first.stdout
+        assert f"--- sample {i + 1} ---\n{text}\n" in first
+    assert "memorisation:" not in first
+    nucleus = sg.sample_text(model, "JULIET:", 12, 0.8, 200, seed=7, num_samples=2, top_p=0.3)
+    assert nucleus != expected
+    assert run_main([*args, "--top-p", "0.3"], capsys).startswith(f"--- sample 1 ---\n{nucleus[0]}\n")
 
-    measured = cli([*args, "--memorisation"], env)
-    assert measured.returncode == 0, measured.stderr
+    measured = run_main([*args, "--memorisation"], capsys)
     train_index, validation_index = sg.corpus_indexes("tinyshakespeare")
     for i, text in enumerate(expected):
         written = text[len("JULIET:") :]  # what the model wrote, without the prompt
-        on_train = sg.memorisation_report(written, train_index)
-        on_validation = sg.memorisation_report(written, validation_index)
-        line = measured.stdout.split(f"--- sample {i + 1} ---\n{text}\n", 1)[1].split("\n")[1]
-        assert line.startswith("memorisation: longest span copied from the training text: ")
-        assert f"{on_train['longest_span_tokens']} tokens ({on_train['longest_span_chars']} characters)" in line
-        assert f"8-grams found there: {on_train['ngram_overlap']:.0%}" in line
-        assert f"never trained on): {on_validation['longest_span_tokens']} tokens" in line
+        line = measured.split(f"--- sample {i + 1} ---\n{text}\n", 1)[1].split("\n")[1]
+        assert_memorisation_line(line, written, train_index, validation_index)
+
+
+def assert_memorisation_line(line: str, written: str, train_index: sg.CorpusIndex, validation_index: sg.CorpusIndex):
+    """`line`, printed by sample --memorisation, measures `written` against these training and validation indexes."""
+    on_train = sg.memorisation_report(written, train_index)
+    on_validation = sg.memorisation_report(written, validation_index)
+    assert line.startswith("memorisation: longest span copied from the training text: ")
+    assert f"{on_train['longest_span_tokens']} tokens ({on_train['longest_span_chars']} characters)" in line
+    assert f"8-grams found there: {on_train['ngram_overlap']:.0%}" in line
+    assert f"never trained on): {on_validation['longest_span_tokens']} tokens" in line
+
+
+def test_sample_measures_memorisation_against_the_text_file_the_model_trained_on(tmp_path, in_process_env, capsys):
+    """A checkpoint of a run on a text file that holds, in its training part, what the model writes: the line measures
+    that file (its training and validation parts), not tiny Shakespeare."""
+    torch.manual_seed(0)
+    model = sg.GPT(sg.GPTConfig.tiny(vocab_size=sg.PADDED_VOCAB_SIZE)).eval()
+    [text] = sg.sample_text(model, "Dear diary,", 16, 0.8, 200, seed=3)
+    written = text[len("Dear diary,") :]
+    notes = tmp_path / "notes.txt"
+    notes.write_text((written + "\n") * 10 + own_text(30), encoding="utf-8")
+    trained_on = {"corpus": "tinyshakespeare", "text_file": str(notes)}  # as a run on --text-file records it
+    sg.save_checkpoint(tmp_path / "notes.pt", model, step=1, train_config=trained_on)
+    args = ["--prompt", "Dear diary,", "--max-new-tokens", "16", "--seed", "3", "--device", "cpu", "--memorisation"]
+    out = run_main(["sample", "--ckpt", str(tmp_path / "notes.pt"), *args], capsys)
+    assert out.startswith(f"--- sample 1 ---\n{text}\n\nmemorisation: ")
+    line = out.split("\n")[-3]
+    tokens = sg.get_tokenizer().encode_ordinary(notes.read_text(encoding="utf-8"))
+    cut = int(len(tokens) * 0.9)
+    assert_memorisation_line(line, written, sg.CorpusIndex(tokens[:cut]), sg.CorpusIndex(tokens[cut:]))
+    assert sg.memorisation_report(written, sg.CorpusIndex(tokens[:cut]))["ngram_overlap"] > 0.5  # it is in there
+    assert f"memorisation: {sg.memorisation_line(written)}" != line  # tiny Shakespeare measures otherwise

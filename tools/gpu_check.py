@@ -49,7 +49,15 @@ import shakegpt_utils as sg  # noqa: E402
 from shakegpt.hardware import versions  # noqa: E402
 
 NOTEBOOK_DIR = ROOT / "notebooks"
-PARTS = ("tests", "reference", "ladder", "notebooks", "t4")
+PARTS = ("tests", "reference", "ladder", "notebooks", "t4", "sweep", "speed")
+# Runs of the reference configuration with one lever changed (issue 23), each to the target loss, in OUT/sweep/NAME;
+# "complete" trains on the seed's own corpus, Shakespeare's complete works, and writes its samples.
+SWEEP = {
+    "batch32": ["--batch-size", "32"],
+    "wsd": ["--schedule", "wsd", "--max-steps", "1500"],
+    "muon": ["--optimizer", "muon"],
+    "complete": ["--corpus", "complete"],
+}
 NOTEBOOKS = ("05_optimizations", "06_training", "07_evaluation", "08_sampling")
 TARGET_LOSS = 0.1  # the reference run's --target-loss
 SAMPLE_PROMPT = "Hello world: tell to"  # the reference result's five samples start from it
@@ -288,6 +296,47 @@ def check_ladder(device: torch.device, args: argparse.Namespace, limit_s: float)
     return measured, problems
 
 
+def check_sweep_run(args: argparse.Namespace, limit_s: float, name: str) -> Findings:
+    """One run of the sweep: the reference run with SWEEP[name]'s flags, packed into OUT/sweep/NAME.json (what the
+    report measured, the metrics, the log's last lines) and, for the complete works, OUT/sweep/NAME_samples.txt:
+    few files come back from the device."""
+    out = args.out / "sweep"
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"shakegpt-sweep-{name}-") as scratch:
+        folder = Path(scratch)
+        measured, problems = check_reference_run(args, limit_s, folder, SWEEP[name], samples=name == "complete")
+        metrics = sg.read_metrics(folder / "metrics.jsonl") if (folder / "metrics.jsonl").is_file() else []
+        log_tail = (folder / "train.log").read_text(errors="replace").splitlines()[-40:]
+        packed = {"flags": SWEEP[name], "measured": measured, "metrics": metrics, "log_tail": log_tail}
+        (out / f"{name}.json").write_text(json.dumps(json_safe(packed), indent=1) + "\n")
+        if (folder / "samples.txt").is_file():
+            shutil.copy2(folder / "samples.txt", out / f"{name}_samples.txt")
+    return measured, problems
+
+
+def check_bench(which: str, device: torch.device, args: argparse.Namespace, limit_s: float) -> Findings:
+    """`bench WHICH` (profile: where a step's time goes; generate: the decoders, the compiled one included on a GPU)
+    with the reference run's model, its JSON in OUT/speed and its numbers in the report."""
+    folder = args.out / "speed"
+    folder.mkdir(parents=True, exist_ok=True)
+    result_path = folder / f"bench_{which}_{device.type}.json"
+    command = [
+        sys.executable, "-m", "shakegpt_utils", "bench", which, "--preset", args.preset, "--device", args.device,
+        "--out", str(result_path), *([] if device.type == "cuda" else ["--steps", "1", "--new-tokens", "8"]),
+    ]  # fmt: skip
+    finished = run_limited(command, folder / f"{which}.log", limit_s, subprocess_env(SHAKEGPT_FIGURES_DIR=str(folder)))
+    for suffix in (".png", ".svg"):  # few files come back from the device: the figure is drawn again from the JSON
+        result_path.with_suffix(suffix).unlink(missing_ok=True)
+    measured: dict = dataclasses.asdict(finished)
+    if not result_path.is_file():
+        return measured, [not_finished(finished, f"bench {which} result", f"speed/{which}.log")]
+    (folder / f"{which}.log").unlink()  # its numbers are in the result: one file fewer to bring back
+    result = json.loads(result_path.read_text())
+    kept = ("shares", "ms_per_step", "gpu_idle_share", "ratios")
+    measured.update({key: result[key] for key in kept if key in result})
+    return measured, []
+
+
 def ladder_row_summary(row: dict) -> dict:
     """The numbers of one rung worth keeping in the report (the full row is in the ladder's own JSON)."""
     if row["skipped"]:
@@ -342,17 +391,20 @@ def write_samples(args: argparse.Namespace, run_dir: Path, samples_path: Path) -
     return problems
 
 
-def check_reference_run(args: argparse.Namespace, limit_s: float) -> Findings:
-    """The reference training run under a wall-clock limit, its checkpoints (1.5 GB each for GPT-2) in a temporary
-    folder; summary.json and metrics.jsonl are copied to OUT/reference, loss.png too, with samples.txt (five samples
-    from each checkpoint). Every logged loss must be finite and the last below the first; a run cut by the limit is
-    no failure (its summary is rebuilt from the metrics)."""
-    folder = args.out / "reference"
+def check_reference_run(
+    args: argparse.Namespace, limit_s: float, folder: Path, changes: list[str] = (), samples: bool = True
+) -> Findings:
+    """The reference training run (with `changes`, its flags for a sweep) under a wall-clock limit, writing no
+    checkpoint and no sample until the end, its checkpoints (1.5 GB each for GPT-2) in a temporary folder;
+    summary.json and metrics.jsonl are copied to `folder`, loss.png too, with samples.txt (five samples from each
+    checkpoint) unless `samples` is off. Every logged loss must be finite and the last below the first; a run cut by
+    the limit is no failure (its summary is rebuilt from the metrics)."""
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="shakegpt-reference-") as scratch:
         command = [
             sys.executable, "-m", "shakegpt_utils", "train", "--preset", args.preset, "--target-loss",
-            str(TARGET_LOSS), "--out", scratch, "--no-progress", "--device", args.device,
+            str(TARGET_LOSS), "--out", scratch, "--no-progress", "--device", args.device, "--ckpt-interval", "0",
+            "--sample-interval", "0", *changes,
         ]  # fmt: skip
         if args.reference_max_steps is not None:
             command += ["--max-steps", str(args.reference_max_steps)]
@@ -360,7 +412,7 @@ def check_reference_run(args: argparse.Namespace, limit_s: float) -> Findings:
         for name in ("summary.json", "metrics.jsonl", "loss.png"):
             if (Path(scratch) / name).is_file():
                 shutil.copy2(Path(scratch) / name, folder / name)
-        sample_problems = write_samples(args, Path(scratch), folder / "samples.txt")
+        sample_problems = write_samples(args, Path(scratch), folder / "samples.txt") if samples else []
     measured: dict = dataclasses.asdict(finished)
     if not (folder / "metrics.jsonl").is_file():
         return measured, [f"no metrics.jsonl (exit status {finished.returncode}): {finished.last_line}"]
@@ -451,6 +503,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--ladder-minutes", type=float, default=math.inf, help="time limit of the ladder (default: the budget's)")
     add("--pytest-args", type=shlex.split, default=[], help="more pytest arguments for the tests, e.g. '-k loss'")
     add("--notebooks", default=",".join(NOTEBOOKS), help=f"comma-separated, of {','.join(NOTEBOOKS)}")
+    add("--sweep", default=",".join(SWEEP), help=f"the sweep part's runs, comma-separated, of {','.join(SWEEP)}")
+    add("--speed-minutes", type=float, default=2.0, help="time limit of each benchmark of the speed part")
     add("--t4-max-steps", type=int, default=200, help="max_steps of notebook 06's training run in the t4 part")
     add("--reference-max-steps", type=int, help="--max-steps of the reference run (cpu: 20)")
     add("--ladder-batch-size", type=int, help="--batch-size of the ladder (cuda: 16, cpu: 2)")
@@ -458,7 +512,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--ladder-warmup", type=int, help="untimed steps per rung (cuda: 2, cpu: 1)")
     add("--ladder-compile", action=argparse.BooleanOptionalAction, help="torch.compile rungs (cuda: on, cpu: off)")
     args = parser.parse_args(argv)
-    for option, allowed in (("part", PARTS), ("notebooks", NOTEBOOKS)):
+    for option, allowed in (("part", PARTS), ("notebooks", NOTEBOOKS), ("sweep", SWEEP)):
         chosen = getattr(args, option).split(",")
         if not set(chosen) <= set(allowed):
             parser.error(
@@ -491,9 +545,16 @@ def part_checks(part: str, device: torch.device, args: argparse.Namespace) -> li
     if part == "tests":
         return [("tests", 60 * args.tests_minutes, lambda limit_s: check_tests(args, limit_s))]
     if part == "reference":
-        return [("reference_run", 60 * args.reference_minutes, lambda limit_s: check_reference_run(args, limit_s))]
+        reference = lambda limit_s: check_reference_run(args, limit_s, args.out / "reference")  # noqa: E731
+        return [("reference_run", 60 * args.reference_minutes, reference)]
     if part == "ladder":
         return [("ladder", 60 * args.ladder_minutes, lambda limit_s: check_ladder(device, args, limit_s))]
+    if part == "sweep":
+        run = lambda name: lambda limit_s: check_sweep_run(args, limit_s, name)  # noqa: E731
+        return [(f"sweep/{name}", 60 * args.reference_minutes, run(name)) for name in args.sweep]
+    if part == "speed":
+        bench = lambda which: lambda limit_s: check_bench(which, device, args, limit_s)  # noqa: E731
+        return [(f"speed/{which}", 60 * args.speed_minutes, bench(which)) for which in ("profile", "generate")]
     check = lambda name: lambda limit_s: check_notebook(name, device, args, limit_s, t4=part == "t4")
     return [(f"{part}/{name}", math.inf, check(name)) for name in args.notebooks]
 

@@ -48,11 +48,15 @@ prepare() {
     rm -rf "$all"
     # load_tokens reads a corpus found in SHAKEGPT_DATA_DIR without copying it, so copy it first; then it
     # verifies the text (or downloads it into DIR/data) and writes the token cache beside it.
-    if [[ -n "${SHAKEGPT_DATA_DIR:-}" && -f "$SHAKEGPT_DATA_DIR/tinyshakespeare.txt" ]]; then
-        install -m 0644 "$SHAKEGPT_DATA_DIR/tinyshakespeare.txt" "$dir/data/"
-    fi
+    # Both corpora: tiny Shakespeare for the reference run, the complete works for the sweep's run on them.
+    for text in tinyshakespeare.txt shakespeare_complete.txt; do
+        if [[ -n "${SHAKEGPT_DATA_DIR:-}" && -f "$SHAKEGPT_DATA_DIR/$text" ]]; then
+            install -m 0644 "$SHAKEGPT_DATA_DIR/$text" "$dir/data/"
+        fi
+    done
     PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$python" -c \
-        "import sys, shakegpt_utils as sg; sg.load_tokens('tinyshakespeare', sys.argv[1])" "$dir/data"
+        "import sys, shakegpt_utils as sg; [sg.load_tokens(c, sys.argv[1]) for c in ('tinyshakespeare', 'complete')]" \
+        "$dir/data"
     echo "prepared $dir: $(find "$dir/wheels" -name '*.whl' | wc -l) wheels, $(du -sh "$dir/wheels" | cut -f1)"
     ls -l "$dir/wheels" "$dir/data"
 }
