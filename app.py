@@ -22,7 +22,9 @@ import gradio as gr
 import torch
 
 from shakegpt_utils import (
+    EXPORTED_FILES,
     GPT,
+    SAMPLING_DEFAULTS,
     OneLineParser,
     ShakeGPTError,
     encode_prompt,
@@ -43,12 +45,11 @@ except ImportError:  # elsewhere the mark does nothing, so the app needs the pac
 
 APP_FOLDER = Path(__file__).resolve().parent  # in a Space: the exported model's config.json and model.safetensors
 SPACE_CHECKPOINT = APP_FOLDER / "model.pt"
-EXPORTED_FILES = ("config.json", "model.safetensors")
 TRAINED_CHECKPOINT = Path("runs") / "shakespeare" / "best.pt"  # relative to the working directory, like train's --out
 MAX_PROMPT_CHARS = 4000  # the model reads at most its context (block_size tokens) of it anyway
 MAX_NEW_TOKENS, TEMPERATURE_MAX, TOP_K_MAX, MAX_SEED = 1000, 2.0, 500, 2**31 - 1
 TOP_P_MIN = 0.01  # top-p of 0 would keep no token
-DEFAULTS = {"max_new_tokens": 200, "temperature": 0.8, "top_k": 200, "seed": 1337, "top_p": 1.0}
+DEFAULTS = {**SAMPLING_DEFAULTS, "seed": 1337}
 EXAMPLES = [
     ["Hello world: tell to"],  # the course's reference prompt (notebook 07 and the reference run's samples)
     ["ROMEO:\n"],

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .config import repository_url
+from .basics import repository_url
 from .data import CORPORA, text_name
 from .model import GPT
 
@@ -51,7 +51,7 @@ facts. `shakegpt_utils.load_exported(FOLDER)` reads the same files back into the
 
 def run_state(checkpoint: dict) -> dict:
     """The training run's state saved with the checkpoint (best validation loss and step...); empty if none."""
-    return (checkpoint.get("extra") or {}).get("state") or {}
+    return checkpoint.get("train_state") or {}
 
 
 def is_memorised(checkpoint: dict) -> bool:

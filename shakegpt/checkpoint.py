@@ -10,12 +10,12 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .config import GPTConfig, ShakeGPTError, first_line
+from .basics import ShakeGPTError, first_line
 from .data import TokenBatches
 from .files import write_atomically
-from .model import GPT
+from .model import GPT, GPTConfig
 
-CHECKPOINT_FORMAT = "shakegpt-checkpoint-1"
+CHECKPOINT_FORMAT = "shakegpt-checkpoint-2"  # 1 kept the training state and scaler under "extra"
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -61,12 +61,13 @@ def save_checkpoint(
     step: int = 0,
     data_state: dict | None = None,
     train_config: dict | None = None,
-    extra: dict | None = None,
+    train_state: dict | None = None,
+    scaler: dict | None = None,
     weights: Mapping[str, torch.Tensor] | None = None,
 ) -> Path:
     """Save model config and weights (the model's own, or `weights` kept from an earlier step), optimizer, step, RNG
-    states and data position to `path`, via a temporary file and a rename, so that a crash (even kill -9) mid-write
-    leaves the previous checkpoint intact."""
+    states, data position, the run's settings and state and the fp16 gradient scaler to `path`, via a temporary
+    file and a rename, so that a crash (even kill -9) mid-write leaves the previous checkpoint intact."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     plain = unwrap_model(model)
@@ -79,7 +80,8 @@ def save_checkpoint(
         "rng": capture_rng(),
         "data": data_state,
         "train_config": train_config,
-        "extra": extra or {},
+        "train_state": train_state or {},
+        "scaler": scaler,
     }
     write_atomically(path, lambda f: torch.save(payload, f))
     return path
@@ -98,7 +100,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise ShakeGPTError(
             f"{path} is not a readable checkpoint (truncated or not a checkpoint): {first_line(error)}"
         ) from error
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+    found = payload.get("format") if isinstance(payload, dict) else None
+    if found != CHECKPOINT_FORMAT and str(found).startswith("shakegpt-checkpoint-"):
+        raise ShakeGPTError(
+            f"{path} was written by another version of ShakeGPT ({found}; this one reads {CHECKPOINT_FORMAT}): "
+            "train it again, or read it with the version that wrote it."
+        )
+    if found != CHECKPOINT_FORMAT:
         raise ShakeGPTError(f"{path} is a PyTorch file but not a ShakeGPT checkpoint.")
     payload["model"] = clean_state_dict(payload["model"])
     return payload
@@ -116,8 +124,8 @@ def resume_training(
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     batches.load_state_dict(checkpoint["data"])
-    if scaler is not None and checkpoint["extra"].get("scaler"):
-        scaler.load_state_dict(checkpoint["extra"]["scaler"])
+    if scaler is not None and checkpoint["scaler"]:
+        scaler.load_state_dict(checkpoint["scaler"])
     restore_rng(checkpoint["rng"])
 
 

@@ -1,6 +1,6 @@
 """The output layer and its loss by chunks of rows, taught in notebook 05: the cross-entropy over 50,257 classes
 without ever building the (tokens x vocabulary) logits, with its gradient written by hand. The fastest loss on CPUs;
-on CUDA torch.compile over full logits is faster, so training picks per device (see TrainConfig.loss)."""
+on CUDA torch.compile over full logits is faster, so training picks per device (see TrainConfig.loss_impl)."""
 
 from __future__ import annotations
 
@@ -8,20 +8,24 @@ import math
 
 import torch
 
-# Reusable chunk buffers on the CPU (see scratch_buffer); keyed by name and dtype.
-_CPU_SCRATCH: dict[tuple[str, torch.dtype], torch.Tensor] = {}
 
+class ChunkBuffers:
+    """Uninitialised buffers for a chunked loss's temporary values, kept between the calls of one model on the CPU,
+    where a freed large tensor would come back as fresh zeroed pages (GPU allocators cache by themselves). A model
+    owns its own (see GPT): they go with it, and two models never share them."""
 
-def scratch_buffer(name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """An uninitialised buffer for temporary values, kept between calls on the CPU (one per name, for one thread at
-    a time), where a freed large tensor would come back as fresh zeroed pages; GPU allocators cache by themselves."""
-    if device.type != "cpu":
-        return torch.empty(shape, dtype=dtype, device=device)
-    n = math.prod(shape)
-    buffer = _CPU_SCRATCH.get((name, dtype))
-    if buffer is None or buffer.numel() < n:
-        buffer = _CPU_SCRATCH[(name, dtype)] = torch.empty(n, dtype=dtype)
-    return buffer[:n].view(shape)
+    def __init__(self):
+        self.tensors: dict[tuple[str, torch.dtype], torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """The buffer called `name`, viewed as `shape`; grown when a call needs more."""
+        if device.type != "cpu":
+            return torch.empty(shape, dtype=dtype, device=device)
+        n = math.prod(shape)
+        buffer = self.tensors.get((name, dtype))
+        if buffer is None or buffer.numel() < n:
+            buffer = self.tensors[(name, dtype)] = torch.empty(n, dtype=dtype)
+        return buffer[:n].view(shape)
 
 
 class ChunkedLinearCrossEntropy(torch.autograd.Function):
@@ -36,8 +40,8 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, h, weight, targets, n_valid: int, chunk_rows: int, compute_dtype: torch.dtype, needs_grad: bool):
-        n_rows, device = h.size(0), h.device
+    def forward(ctx, h, weight, targets, n_valid, chunk_rows, compute_dtype, needs_grad, buffers=None):
+        n_rows, device, buffers = h.size(0), h.device, buffers or ChunkBuffers()
         hc, wc = h.to(compute_dtype), weight.to(compute_dtype)
         keep = targets != -1
         n_kept = keep.sum().clamp(min=1)
@@ -49,10 +53,10 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
             grad_w = torch.empty(weight.shape, device=device, dtype=torch.float32)
             h_kept = hc * keep[:, None].to(compute_dtype)  # ignored rows add nothing to the weight's gradient
         chunk_rows = max(1, min(chunk_rows, n_rows))
-        logits_buffer = scratch_buffer("logits", (chunk_rows, weight.size(0)), torch.float32, device)
+        logits_buffer = buffers.get("logits", (chunk_rows, weight.size(0)), torch.float32, device)
         low_buffer = None
         if compute_dtype != torch.float32:
-            low_buffer = scratch_buffer("logits_low", (chunk_rows, weight.size(0)), compute_dtype, device)
+            low_buffer = buffers.get("logits_low", (chunk_rows, weight.size(0)), compute_dtype, device)
         for first in range(0, n_rows, chunk_rows):
             rows = slice(first, first + chunk_rows)
             t = safe_targets[rows]
@@ -66,7 +70,7 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
                 if low is not None:
                     probs = low.copy_(probs)
                 grad_h[rows] = probs @ wc
-                accumulate_grad_w(grad_w, probs, h_kept[rows], first == 0)
+                accumulate_grad_w(grad_w, probs, h_kept[rows], first == 0, buffers)
         if needs_grad:
             grad_h.mul_(row_weight[:, None])
             grad_w.div_(n_kept)
@@ -76,7 +80,7 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         grad_h, grad_w = ctx.saved_tensors
-        return grad_h * grad_loss, grad_w * grad_loss, None, None, None, None, None
+        return grad_h * grad_loss, grad_w * grad_loss, None, None, None, None, None, None
 
 
 def chunk_log_probs(
@@ -93,12 +97,14 @@ def chunk_log_probs(
     return torch.log_softmax(out, dim=1, out=out)
 
 
-def accumulate_grad_w(grad_w: torch.Tensor, probs: torch.Tensor, h: torch.Tensor, first: bool) -> None:
+def accumulate_grad_w(
+    grad_w: torch.Tensor, probs: torch.Tensor, h: torch.Tensor, first: bool, buffers: ChunkBuffers
+) -> None:
     """grad_w (float32) = or += probs^T @ h; a half-precision product is summed in float32."""
     if probs.dtype == torch.float32:
         grad_w.addmm_(probs.T, h, beta=0.0 if first else 1.0)
         return
-    product = torch.mm(probs.T, h, out=scratch_buffer("grad_w_low", grad_w.shape, probs.dtype, probs.device))
+    product = torch.mm(probs.T, h, out=buffers.get("grad_w_low", grad_w.shape, probs.dtype, probs.device))
     if first:
         grad_w.copy_(product)
     else:
@@ -107,10 +113,16 @@ def accumulate_grad_w(grad_w: torch.Tensor, probs: torch.Tensor, h: torch.Tensor
 
 @torch.compiler.disable
 def chunked_cross_entropy(
-    x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, n_valid: int, chunk_rows: int = 1024
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    n_valid: int,
+    chunk_rows: int = 1024,
+    buffers: ChunkBuffers | None = None,
 ) -> torch.Tensor:
     """Mean cross-entropy of the logits x @ weight^T (first n_valid columns) against targets; follows autocast.
-    Runs eagerly under torch.compile: its reused buffers and hand-written backward are not for the compiler."""
+    `buffers` (a model's own) are reused, or fresh ones taken for this call. Runs eagerly under torch.compile: its
+    reused buffers and hand-written backward are not for the compiler."""
     device_type = x.device.type
     dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
     # Inside an autograd Function gradients are always off, so whether they are wanted is decided out here:
@@ -118,5 +130,12 @@ def chunked_cross_entropy(
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
     with torch.autocast(device_type, enabled=False):
         return ChunkedLinearCrossEntropy.apply(
-            x.flatten(0, -2), weight, targets.flatten(), n_valid, chunk_rows, dtype, needs_grad
+            x.flatten(0, -2),
+            weight,
+            targets.flatten(),
+            n_valid,
+            chunk_rows,
+            dtype,
+            needs_grad,
+            buffers,
         )

@@ -8,7 +8,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from .config import ShakeGPTError, check_at_least, check_fraction
+from .basics import ShakeGPTError, check_at_least, check_fraction
 
 CKPT_HELP = "checkpoint file, e.g. runs/shakespeare/best.pt"
 
@@ -52,11 +52,16 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt", required=True, help=CKPT_HELP)
     parser.add_argument("--prompt", default="ROMEO:", help="text to continue ('' starts from <|endoftext|>)")
     parser.add_argument("--num-samples", type=int, default=1)
-    parser.add_argument("--max-new-tokens", type=int, default=200)
-    parser.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
-    parser.add_argument("--top-k", type=int, default=200, help="sample among the k most likely tokens (0: all)")
+    from .sampling import SAMPLING_DEFAULTS as DEFAULTS
+
+    parser.add_argument("--max-new-tokens", type=int, default=DEFAULTS["max_new_tokens"])
+    parser.add_argument("--temperature", type=float, default=DEFAULTS["temperature"], help="0 means greedy")
+    parser.add_argument("--top-k", type=int, default=DEFAULTS["top_k"], help="sample among the k most likely (0: all)")
     parser.add_argument(
-        "--top-p", type=float, default=1.0, help="then among the fewest whose probabilities reach p (1: all)"
+        "--top-p",
+        type=float,
+        default=DEFAULTS["top_p"],
+        help="then among the fewest whose probabilities reach p (1: all)",
     )
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--device", default="auto")
@@ -68,7 +73,8 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_train(args: argparse.Namespace) -> None:
-    from .train import TrainConfig, train
+    from .train import train
+    from .train_settings import TrainConfig
 
     cfg = settings_from(args, TrainConfig)
     summary = train(cfg)
@@ -101,10 +107,10 @@ def run_sample(args: argparse.Namespace) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> None:
-    from .benchmark import BenchSettings, save_bench
-    from .ladder import bench_ladder
-    from .peers import bench_generate, bench_peer
-    from .profiling import bench_profile
+    from .bench.ladder import bench_ladder
+    from .bench.peers import bench_generate, bench_peer
+    from .bench.profile import bench_profile
+    from .bench.settings import BenchSettings, save_bench
 
     benchmarks = {"ladder": bench_ladder, "peer": bench_peer, "generate": bench_generate, "profile": bench_profile}
     benchmark = benchmarks[args.which]
@@ -130,8 +136,8 @@ def run_push(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .benchmark import BenchSettings
-    from .train import TrainConfig
+    from .bench.settings import BenchSettings
+    from .train_settings import TrainConfig
 
     parser = OneLineParser(prog="python -m shakegpt_utils", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)

@@ -8,7 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from .config import ShakeGPTError
+from .basics import ShakeGPTError
 
 COLAB_DRIVE = Path("/content/drive")  # where Colab mounts Google Drive
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import PROJECT_ROOT, ShakeGPTError, check_choice, setting
+from .basics import PROJECT_ROOT, ShakeGPTError, check_choice, setting
 from .files import sha256_of, write_atomically
 from .tokenizer import get_tokenizer
 

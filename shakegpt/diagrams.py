@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 from matplotlib.patches import Circle, FancyBboxPatch, Rectangle
 
-from .config import GPTConfig
+from .model import GPTConfig
 
 
 def draw_attention_shapes(stages: list[tuple[str, torch.Tensor, tuple[str, ...]]], steps: list[str]) -> plt.Figure:

@@ -10,8 +10,7 @@ from collections.abc import Iterator
 
 import torch
 
-from .config import GPTConfig
-from .model import GPT
+from .model import GPT, GPTConfig
 from .sampling import cache_dtype, sampling_probabilities
 
 

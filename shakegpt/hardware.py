@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch.nn.attention import SDPBackend
 
-from .config import ShakeGPTError, first_line
+from .basics import ShakeGPTError, first_line
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -50,15 +50,16 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def gpu_has_native_bf16(device: torch.device) -> bool:
-    """bf16 tensor cores arrived with Ampere (compute capability 8.0)."""
+def ampere_or_newer(device: torch.device) -> bool:
+    """Whether `device` is an NVIDIA GPU of Ampere (compute capability 8.0) or newer, the first with bf16 and TF32
+    tensor cores."""
     return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
 
 
 def enable_tf32(device: torch.device, enabled: bool = True) -> bool:
     """Let fp32 matrix products use TF32 tensor cores (10-bit mantissa, ~8x faster) on Ampere and newer, or, with
     enabled=False, switch that off again. Returns whether TF32 is now on."""
-    on = enabled and gpu_has_native_bf16(device)
+    on = enabled and ampere_or_newer(device)
     torch.backends.cuda.matmul.allow_tf32 = on
     torch.backends.cudnn.allow_tf32 = on
     return on
@@ -85,7 +86,7 @@ class Precision:
 def auto_dtype(device: torch.device) -> str:
     """bf16 where the hardware computes it natively; fp16 (with loss scaling) on older CUDA GPUs; else fp32."""
     if device.type == "cuda":
-        return "bf16" if gpu_has_native_bf16(device) else "fp16"
+        return "bf16" if ampere_or_newer(device) else "fp16"
     if device.type == "cpu" and cpu_has_native_bf16():
         return "bf16"
     return "fp32"
@@ -150,8 +151,8 @@ def compile_problem(device: torch.device | str) -> str | None:
 def keep_freed_memory() -> bool:
     """Ask glibc to keep freed memory for reuse instead of handing it back to the operating system. A CPU training
     step frees and reallocates large tensors (gradients, logit chunks) every time, and each one handed back returns
-    as fresh zeroed pages: on 2 EPYC cores about 95,000 page faults and 0.16 s in the kernel per step of the small
-    preset, none with this. Linux with glibc only; returns whether it applied."""
+    as fresh zeroed pages, each a page fault (the README's CPU results say how many). Linux with glibc only;
+    returns whether it applied."""
     if sys.platform != "linux":
         return False
     try:

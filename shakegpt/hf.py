@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
+from .basics import ShakeGPTError, first_line
 from .card import model_readme
 from .checkpoint import clean_state_dict, load_checkpoint, model_from_checkpoint
-from .config import GPTConfig, ShakeGPTError, first_line
-from .model import GPT
+from .model import GPT, GPTConfig
 from .tokenizer import END_OF_TEXT, END_OF_TEXT_ID, gpt2_bpe_folder, verified_bpe_files
 
 # The two files of an exported model: transformers' GPT-2 config and the weights (safetensors: no pickle to trust).
@@ -53,6 +53,12 @@ def gpt2_config_values(config: GPTConfig, vocab_size: int) -> dict:
     }
 
 
+def check_tanh_gelu(activation_function: str) -> None:
+    """Refuse a transformers model whose MLP is not GPT-2's tanh GELU: our MLP computes that one only."""
+    if activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise ShakeGPTError(f"GPT-2 uses tanh GELU; this model uses {activation_function!r}.")
+
+
 def from_hf(source, n_head: int | None = None, **overrides) -> GPT:
     """Our GPT from a transformers GPT2LMHeadModel, or from a bare GPT-2 state dict with `n_head` given (weights do
     not say how many heads they are split into). Conv1D weights are stored transposed."""
@@ -63,8 +69,7 @@ def from_hf(source, n_head: int | None = None, **overrides) -> GPT:
         config_values = {}
     else:
         hf_config = source.config
-        if hf_config.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
-            raise ShakeGPTError(f"GPT-2 uses tanh GELU; this model uses {hf_config.activation_function!r}.")
+        check_tanh_gelu(hf_config.activation_function)
         state = source.state_dict()
         n_head = n_head or hf_config.n_head
         config_values = {"dropout": hf_config.resid_pdrop}
@@ -231,8 +236,7 @@ def load_exported(folder: str | Path, device: str | torch.device = "cpu") -> GPT
         )
     try:
         config = json.loads((folder / "config.json").read_text())
-        if config.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
-            raise ShakeGPTError(f"GPT-2 uses tanh GELU; this model uses {config['activation_function']!r}.")
+        check_tanh_gelu(config.get("activation_function", "gelu_new"))
         model = from_hf(load_file(folder / "model.safetensors"), n_head=config["n_head"])
         check_exported_shape(model.config, config)
     except Exception as error:  # a broken folder fails in many ways: JSON, safetensors, missing or misshapen weights

@@ -9,7 +9,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from .config import ShakeGPTError, first_line
+from .basics import ShakeGPTError, first_line
 from .hf import HUB_HOST, export_checkpoint, reach_hub
 from .space import build_space
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import ShakeGPTError, setting
+from .basics import ShakeGPTError, setting
 
 # A micro-batch is chosen so that its predicted peak fills at most this share of the memory the process may use:
 # the allocator's fragmentation, cuBLAS's workspace and compiled kernels need room beside the tensors.

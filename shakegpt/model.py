@@ -5,13 +5,80 @@ output-layer loss in chunked_loss.py."""
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .chunked_loss import chunked_cross_entropy
-from .config import GPT2_VOCAB_SIZE, GPTConfig, ShakeGPTError
+from .basics import ShakeGPTError, check_at_least, check_choice
+from .chunked_loss import ChunkBuffers, chunked_cross_entropy
+from .tokenizer import GPT2_VOCAB_SIZE
+
+# 50,304 = GPT-2's 50,257 tokens rounded up to a multiple of 128, which GPU matrix kernels like better.
+PADDED_VOCAB_SIZE = 50304
+PRESETS = ("gpt2", "small", "tiny")
+
+
+@dataclass
+class GPTConfig:
+    """The shape of a GPT-2 model; the defaults are the 124M model OpenAI released."""
+
+    block_size: int = 1024
+    vocab_size: int = GPT2_VOCAB_SIZE
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    attn_impl: str = "sdpa"  # "sdpa" (flash attention where available) or "manual" (masked softmax)
+    loss_impl: str = "full"  # "full" (logits, then cross-entropy: the textbook) or "chunked" (never builds all logits)
+
+    def __post_init__(self) -> None:
+        for name in ("n_layer", "n_head", "n_embd"):  # the sizes that --n-layer, --n-head and --n-embd set
+            check_at_least(name, getattr(self, name), 1)
+        if self.n_embd % self.n_head:
+            raise ShakeGPTError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}.")
+        if self.attn_impl not in ("sdpa", "manual"):
+            raise ShakeGPTError(f"attn_impl must be 'sdpa' or 'manual', not {self.attn_impl!r}.")
+        if self.loss_impl not in ("chunked", "full"):
+            raise ShakeGPTError(f"loss_impl must be 'chunked' or 'full', not {self.loss_impl!r}.")
+
+    @classmethod
+    def gpt2(cls, **overrides) -> GPTConfig:
+        """GPT-2 small, 124M parameters: 12 layers, 12 heads, 768 wide, 1024 tokens of context."""
+        return cls(**overrides)
+
+    @classmethod
+    def small(cls, **overrides) -> GPTConfig:
+        """A 4-layer, 256-wide model that trains on Shakespeare in minutes on a laptop CPU."""
+        return cls(**{"block_size": 256, "n_layer": 4, "n_head": 4, "n_embd": 256, **overrides})
+
+    @classmethod
+    def tiny(cls, **overrides) -> GPTConfig:
+        """A 2-layer, 64-wide model for tests and smoke runs: seconds per hundred steps."""
+        return cls(**{"block_size": 64, "n_layer": 2, "n_head": 2, "n_embd": 64, **overrides})
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> GPTConfig:
+        """The preset called `name` ('gpt2', 'small' or 'tiny') with some fields overridden."""
+        check_choice("preset", name, PRESETS)
+        return getattr(cls, name)(**overrides)
+
+    @property
+    def head_size(self) -> int:
+        return self.n_embd // self.n_head
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> GPTConfig:
+        """Rebuild a config saved with `to_dict`, ignoring keys this version does not know."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def replace(self, **changes) -> GPTConfig:
+        return replace(self, **changes)
 
 
 def causal_mask(n_queries: int, n_keys: int, device: torch.device | None = None) -> torch.Tensor:
@@ -125,7 +192,7 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # weight tying: one matrix reads and writes tokens
         self.apply(self._init_weights)
-        self._decoding_weight: tuple[tuple, torch.Tensor] | None = None  # see output_logits
+        self.chunk_buffers = ChunkBuffers()  # the chunked loss's temporary values, reused between calls
 
     def _init_weights(self, module: nn.Module) -> None:
         """GPT-2 initialisation: N(0, 0.02), with projections into the residual stream scaled by 1/sqrt(2 n_layer)
@@ -155,7 +222,18 @@ class GPT(nn.Module):
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        B, T = idx.shape
+        x = self.hidden_states(idx, cache)
+        if targets is not None and self.config.loss_impl == "chunked":
+            weight, n_valid = self.lm_head.weight, self.n_valid_tokens
+            return None, chunked_cross_entropy(x, weight, targets, n_valid, buffers=self.chunk_buffers)
+        logits = self.output_logits(x)
+        if targets is None:
+            return logits, None
+        return logits, F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)
+
+    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """The final LayerNorm's output (B, T, width) for the tokens idx (B, T): what the output layer reads."""
+        T = idx.size(1)
         if cache is None:
             check_context(T, self.config.block_size)
             pos = torch.arange(T, device=idx.device)
@@ -164,25 +242,11 @@ class GPT(nn.Module):
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for layer, block in enumerate(self.transformer.h):
             x = block(x, cache, layer)
-        x = self.transformer.ln_f(x)
-        if targets is not None and self.config.loss_impl == "chunked":
-            return None, chunked_cross_entropy(x, self.lm_head.weight, targets, self.n_valid_tokens)
-        logits = self.output_logits(x)
-        if targets is None:
-            return logits, None
-        return logits, F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)
+        return self.transformer.ln_f(x)
 
     def output_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """The output layer's logits for the real tokens. On a CPU without gradients (decoding, evaluation) the
-        product uses a transposed copy of the weight, (width, vocab) in memory: MKL's matrix-vector product runs about
-        three times faster on it. The copy is remade whenever the weight changes (a step, a load, a move)."""
-        weight = self.lm_head.weight
-        if torch.is_grad_enabled() or x.device.type != "cpu" or torch.compiler.is_compiling():
-            return self.lm_head(x)[..., : self.n_valid_tokens]
-        version = (weight.data_ptr(), weight._version, weight.dtype)
-        if self._decoding_weight is None or self._decoding_weight[0] != version:
-            self._decoding_weight = (version, weight.detach().t().contiguous())
-        return (x @ self._decoding_weight[1])[..., : self.n_valid_tokens]
+        """The output layer's logits for the real tokens (padding columns of the vocabulary left out)."""
+        return self.lm_head(x)[..., : self.n_valid_tokens]
 
 
 def check_context(n_tokens: int, block_size: int) -> None:

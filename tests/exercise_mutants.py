@@ -412,6 +412,11 @@ def top_p_probabilities(logits, p):
     keep = (ordered.cumsum(dim=-1) - ordered) < p
     return torch.zeros_like(probs).scatter(-1, order, ordered * keep)  # not renormalised
 """,
+            """\
+def top_p_probabilities(logits, p):
+    probs = sg.sampling_probabilities(logits, 1.0, top_p=p)  # the library's own nucleus
+    return probs / probs.sum(dim=-1, keepdim=True)
+""",
         ],
         2: [
             """\

@@ -25,11 +25,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import free_port
 
 from shakegpt.checkpoint import load_model, save_checkpoint
-from shakegpt.config import GPTConfig
 from shakegpt.memorisation import corpus_indexes, memorisation_line, memorisation_report
-from shakegpt.model import GPT
+from shakegpt.model import GPT, GPTConfig
 from shakegpt.sampling import sample_text
 
 gradio_client = pytest.importorskip("gradio_client")
@@ -49,12 +49,6 @@ def load_app_module():
 
 
 app = load_app_module()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
 
 
 def app_env() -> dict[str, str]:

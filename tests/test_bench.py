@@ -13,13 +13,13 @@ import matplotlib.pyplot as plt
 import pytest
 import torch
 
-import shakegpt.ladder
-import shakegpt.peers
+import shakegpt.bench.ladder
+import shakegpt.bench.peers
 import shakegpt_utils as sg
-from shakegpt.benchmark import BenchSettings
+from shakegpt.bench.ladder import Ladder
+from shakegpt.bench.settings import BenchSettings
 from shakegpt.cli import main
 from shakegpt.hardware import DTYPES, attention_kernel
-from shakegpt.ladder import Ladder
 
 LADDER = [
     "fp32 baseline",
@@ -188,7 +188,7 @@ def test_profiled_operations_are_sorted_by_what_they_compute():
     """By name, then by the nearest enclosing operation that says; the optimizer's whole step is the optimizer's."""
     from types import SimpleNamespace
 
-    from shakegpt.profiling import event_kind
+    from shakegpt.bench.profile import event_kind
 
     def op(name, parent=None, kernels=()):
         return SimpleNamespace(name=name, cpu_parent=parent, kernels=[SimpleNamespace(name=k) for k in kernels])
@@ -250,13 +250,13 @@ def test_every_rung_can_be_measured_again_on_its_own_with_the_compiler_and_tf32_
     the rungs measured since: the compiler's caches are cleared and TF32 is off unless the rung asks for it."""
     resets, tf32_while_stepping = [], []
     monkeypatch.setattr(torch._dynamo, "reset", lambda: resets.append(True))
-    real_step = shakegpt.ladder.train_step
+    real_step = shakegpt.bench.ladder.train_step
 
     def spying_step(*args, **kwargs):
         tf32_while_stepping.append(torch.backends.cuda.matmul.allow_tf32)
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(shakegpt.ladder, "train_step", spying_step)
+    monkeypatch.setattr(shakegpt.bench.ladder, "train_step", spying_step)
     settings = BenchSettings(preset="tiny", batch_size=1, seq_len=8, steps=1, warmup=0, compile=False, device="cpu")
     ladder = Ladder(settings, log=lambda line: None)
     first = ladder.climb("SDPA attention")  # out of order: it starts from the rungs below it
@@ -276,7 +276,8 @@ def test_every_rung_can_be_measured_again_on_its_own_with_the_compiler_and_tf32_
 def test_the_chunked_loss_is_kept_above_its_rung_only_where_training_uses_it(monkeypatch):
     """The chunked loss is measured everywhere; rungs above it train with the loss `train` picks for the device:
     chunked off CUDA, and on CUDA the full loss, the chunked one being measured beside the ladder."""
-    monkeypatch.setattr(shakegpt.ladder, "rung_problem", lambda rung, device, allowed: None)  # it takes every rung
+    # It takes every rung.
+    monkeypatch.setattr(shakegpt.bench.ladder, "rung_problem", lambda rung, device, allowed: None)
     ladder = Ladder(BenchSettings(preset="tiny", device="cpu"), log=lambda line: None)
     above, chunked = ladder.rung_index("vocab 50304"), ladder.rungs[ladder.rung_index("chunked cross-entropy")]
     assert ladder.features_below(above)["loss_impl"] == "chunked" and chunked.kept(torch.device("cpu"))
@@ -288,8 +289,8 @@ def test_the_chunked_loss_is_kept_above_its_rung_only_where_training_uses_it(mon
 def test_the_ladder_figure_draws_each_rung_from_its_slowest_to_its_fastest_step():
     """The whiskers of each measured rung end at the throughput of its slowest and fastest timed step, the numbers
     its row records; a skipped rung has a bar of zero and no spread."""
-    from shakegpt.benchmark import summarise_times
-    from shakegpt.ladder import plot_ladder
+    from shakegpt.bench.ladder import plot_ladder
+    from shakegpt.bench.timing import summarise_times
 
     rows = []
     for name, seconds, speedup in [("fast", [0.5, 0.4, 0.7], 2.0), ("slow", [1.0, 0.8, 1.5], 1.0)]:
@@ -315,7 +316,7 @@ def test_peer_out_of_memory_is_one_line_naming_the_batch(tmp_path, figures, monk
     def out_of_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.07 GiB (fake)")
 
-    monkeypatch.setattr(shakegpt.peers, "alternate", out_of_memory)
+    monkeypatch.setattr(shakegpt.bench.peers, "alternate", out_of_memory)
     assert (
         main(["bench", "peer", *TINY[:2], "--batch-size", "6", "--seq-len", "8", "--out", str(tmp_path / "p.json")])
         == 1

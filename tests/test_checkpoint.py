@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from shakegpt import train as training
+from shakegpt.basics import ShakeGPTError
 from shakegpt.checkpoint import (
     CHECKPOINT_FORMAT,
     load_checkpoint,
@@ -22,10 +23,9 @@ from shakegpt.checkpoint import (
     resume_training,
     save_checkpoint,
 )
-from shakegpt.config import GPTConfig, ShakeGPTError
 from shakegpt.data import TokenBatches
 from shakegpt.hardware import Precision, get_precision
-from shakegpt.model import GPT
+from shakegpt.model import GPT, GPTConfig
 from shakegpt.optim import configure_optimizer
 
 UNREADABLE = r"is not a readable checkpoint \(truncated or not a checkpoint\)"
@@ -70,7 +70,7 @@ def test_round_trip_resumes_training_exactly(tmp_path, tiny_config, device):
         step=3,
         data_state=batches.state_dict(),
         train_config={"lr": 1e-2, "preset": "tiny"},
-        extra={"best_val_loss": 4.5},
+        train_state={"best_val_loss": 4.5},
     )
     after_save = (random.random(), torch.rand(5))  # drawn from the states the checkpoint captured
 
@@ -79,7 +79,7 @@ def test_round_trip_resumes_training_exactly(tmp_path, tiny_config, device):
     assert checkpoint["step"] == 3
     assert checkpoint["model_config"] == tiny_config.to_dict()
     assert checkpoint["train_config"] == {"lr": 1e-2, "preset": "tiny"}
-    assert checkpoint["extra"] == {"best_val_loss": 4.5}
+    assert checkpoint["train_state"] == {"best_val_loss": 4.5}
     restored = model_from_checkpoint(checkpoint, device)
     assert not restored.training
     assert restored.lm_head.weight is restored.transformer.wte.weight  # still tied after loading
@@ -127,8 +127,8 @@ def test_resume_training_continues_fp16_steps_exactly_with_their_loss_scale(tmp_
     fp16_losses(run, 3)
     model, optimizer, batches, precision = run
     precision.scaler.update(new_scale=1024.0)
-    extra = {"scaler": precision.scaler.state_dict()}
-    path = save_checkpoint(tmp_path / "resume.pt", model, optimizer, 3, batches.state_dict(), extra=extra)
+    scaler = precision.scaler.state_dict()
+    path = save_checkpoint(tmp_path / "resume.pt", model, optimizer, 3, batches.state_dict(), scaler=scaler)
     continued = fp16_losses(run, 2)
     fresh = fp16_run(tiny_config, device, seed=1)
     resume_training(load_checkpoint(path, map_location=device), *fresh[:3], scaler=fresh[3].scaler)
@@ -245,7 +245,7 @@ def test_loading_never_runs_code_from_the_file(tmp_path, tiny_config):
     path = save_checkpoint(tmp_path / "last.pt", GPT(tiny_config), step=1)
     payload = torch.load(path, weights_only=True)
     marker = tmp_path / "code-ran"
-    payload["extra"] = {"note": TouchOnLoad(marker)}
+    payload["train_state"] = {"note": TouchOnLoad(marker)}
     torch.save(payload, path)
     with pytest.raises(ShakeGPTError, match=UNREADABLE):
         load_checkpoint(path)
@@ -267,3 +267,12 @@ def test_prefixes_of_compiled_models_are_removed(tmp_path, tiny_config):
     torch.save(payload, tmp_path / "prefixed.pt")
     assert list(load_checkpoint(tmp_path / "prefixed.pt")["model"]) == list(model.state_dict())
     assert_same_weights(model, load_model(tmp_path / "prefixed.pt"))
+
+
+def test_a_checkpoint_of_another_format_says_which_and_what_to_do(tmp_path):
+    """Format 1 kept the training state and the gradient scaler under "extra": it is named, not misread."""
+    path = tmp_path / "old.pt"
+    torch.save({"format": "shakegpt-checkpoint-1", "extra": {"state": {}}}, path)
+    with pytest.raises(ShakeGPTError, match=r"old\.pt was written by another version of ShakeGPT") as error:
+        load_checkpoint(path)
+    assert f"this one reads {CHECKPOINT_FORMAT}): train it again" in str(error.value) and "\n" not in str(error.value)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-import shakegpt.benchmark as benchmark
-import shakegpt.train as train_module
+import shakegpt.bench.timing as timing
+import shakegpt.run as run_module
 import shakegpt_utils as sg
 
 
@@ -87,17 +87,17 @@ def test_after_a_disconnect_the_run_resumes_from_drive(fake_colab, tmp_path, in_
     project folder); in a fresh clone, link again and resume: the run ends as an uninterrupted one does."""
     folder = tmp_path / "runtime" / "runs" / "shakespeare"
     sg.keep_runs_on_drive(folder, mount_point=fake_colab)
-    real_save = train_module.Run.save
+    real_save = run_module.Run.write_checkpoint
 
     def save_then_disconnect(run, name: str) -> None:
         real_save(run, name)
         if name == "last.pt" and run.state.step == 4:
             raise KeyboardInterrupt  # the runtime disconnects
 
-    monkeypatch.setattr(train_module.Run, "save", save_then_disconnect)
+    monkeypatch.setattr(run_module.Run, "write_checkpoint", save_then_disconnect)
     with pytest.raises(KeyboardInterrupt):
         sg.train(tiny_run(folder))
-    monkeypatch.setattr(train_module.Run, "save", real_save)
+    monkeypatch.setattr(run_module.Run, "write_checkpoint", real_save)
     for path in sorted((tmp_path / "runtime").rglob("*"), reverse=True):  # the disconnect wipes /content
         path.unlink() if path.is_symlink() or path.is_file() else path.rmdir()
     fresh = tmp_path / "runtime" / "runs" / "shakespeare"
@@ -115,7 +115,7 @@ def test_the_estimate_adds_up_what_it_timed(in_process_env, monkeypatch):
     """Steps timed at 1.0 s (the first, with its compile, 5.0 s) and one validation batch at 0.25 s: 400 steps with an
     evaluation every 50 and 20 batches per evaluation take 5 + 399 x 1 + 8 x 5 seconds."""
     times = iter([5.0, 1.0, 1.2, 0.9, 0.25])
-    monkeypatch.setattr(benchmark, "timed_call", lambda fn, device: (next(times), None))
+    monkeypatch.setattr(timing, "timed_call", lambda fn, device: (next(times), None))
     estimate = sg.estimate_run(sg.TrainConfig(preset="tiny", max_steps=400, eval_interval=50, device="cpu"))
     assert (estimate.first_step_s, estimate.step_s, estimate.evaluations) == (5.0, 1.0, 8)
     assert estimate.evaluation_s == pytest.approx(0.25 * 20)

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import shakegpt.data
-from shakegpt.config import PROJECT_ROOT, ShakeGPTError
+from shakegpt.basics import PROJECT_ROOT, ShakeGPTError
 from shakegpt.data import (
     CORPORA,
     TokenBatches,

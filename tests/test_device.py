@@ -18,12 +18,13 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from shakegpt.chunked_loss import ChunkedLinearCrossEntropy
-from shakegpt.config import GPT2_VOCAB_SIZE, PADDED_VOCAB_SIZE, GPTConfig
 from shakegpt.data import TokenBatches, evaluation_windows
 from shakegpt.hardware import get_precision, set_seed, synchronize
-from shakegpt.model import GPT
+from shakegpt.model import GPT, PADDED_VOCAB_SIZE, GPTConfig
 from shakegpt.optim import configure_optimizer
-from shakegpt.train import default_loss, evaluate, to_device, train_step
+from shakegpt.tokenizer import GPT2_VOCAB_SIZE
+from shakegpt.train import evaluate, to_device, train_step
+from shakegpt.train_settings import default_loss
 
 # tokens x width x vocabulary rows of the output-layer loss, and rows per chunk (several chunks everywhere)
 CHUNKED_LOSS_SHAPE = {"cuda": ((16384, 768, PADDED_VOCAB_SIZE), 1024), "cpu": ((1024, 64, 4096), 256)}

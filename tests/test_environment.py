@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import shakegpt.hardware as hardware
-import shakegpt.train as train_module
+import shakegpt.run as run_module
 import shakegpt_utils as sg
-from shakegpt.ladder import ladder_compile_problem
+from shakegpt.bench.rungs import ladder_compile_problem
 
 ROOT = Path(__file__).resolve().parent.parent
 # The operator each kernel name stands for on a CPU, as torch.profiler lists it.
@@ -124,7 +124,7 @@ def test_a_compile_failing_at_the_first_step_falls_back_to_the_same_run(
     """The check before the run passes, but compiling the model fails at its first step: the run goes on uncompiled
     from the same batch and random state, so its losses are those of a run that never compiled."""
     monkeypatch.setenv("SHAKEGPT_CACHE_DIR", env["SHAKEGPT_CACHE_DIR"])
-    monkeypatch.setattr(train_module, "compile_problem", lambda device: None)
+    monkeypatch.setattr(run_module, "compile_problem", lambda device: None)
     settings = dict(
         preset="tiny", batch_size=4, seq_len=32, dtype="fp32", max_steps=4, log_interval=1, eval_interval=4,
         eval_batches=1, sample_interval=0, progress=False, tensorboard=False, device="cpu",

@@ -1,7 +1,7 @@
 """tools/gpu_check.py: its CPU dry runs pass every part a CPU can run (the device tests through a -k filter, the
-reference run, the ladder, notebook 05 in smoke mode; the T4 part says why it cannot) and leave files that agree with
-what they record; failing and over-time notebooks and tests are reported with their cause; an over-time subprocess is
-stopped with everything it started; a missing GPU and bad options are one line of error."""
+reference run, the ladder, notebook 05 in smoke mode, a sweep run stopped by its time limit, the speed benchmarks; the
+T4 part says why it cannot) and leave files that agree with what they record; failing and over-time notebooks and
+tests are reported with their cause; bad options are one line of error."""
 
 from __future__ import annotations
 
@@ -13,18 +13,19 @@ import re
 import shlex
 import subprocess
 import sys
+import textwrap
 import time
 import types
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from xml.etree import ElementTree
 
 import nbformat
 import pytest
 import torch
 
 import shakegpt_utils as sg
-from shakegpt.ladder import ladder_rungs
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "tools" / "gpu_check.py"
@@ -103,7 +104,7 @@ def test_default_parts_pass_every_check(default_parts: DryRun):
     assert list(report["parts"]) == ["tests", "reference", "ladder"]
     assert report["device"] == sg.describe_device("cpu")
     assert report["versions"]["torch"] == torch.__version__
-    assert report["settings"]["preset"] == "tiny" and report["settings"]["reference_max_steps"] == 20
+    assert report["settings"]["preset"] == "tiny" and report["settings"]["train_args"] == ["--max-steps", "20"]
     assert report["settings"]["pytest_args"] == DEVICE_TESTS
 
 
@@ -118,15 +119,22 @@ def test_every_number_is_present_and_finite(default_parts: DryRun):
     assert default_parts.measured("tests")["time_limit_s"] == 120
 
 
-def test_device_tests_are_counted_with_each_skip_and_its_reason(default_parts: DryRun):
+def test_device_tests_are_counted_and_their_junit_report_names_each_skip_and_its_reason(default_parts: DryRun):
     measured = default_parts.measured("tests")
-    counts = {key: measured[key] for key in ("tests", "passed", "failed", "skipped", "failures")}
-    assert counts == {"tests": 2, "passed": 1, "failed": 0, "skipped": 1, "failures": {}}
-    assert measured["skips"] == {
+    counts = {key: measured[key] for key in ("tests", "failures", "errors", "skipped")}
+    assert counts == {"tests": 2, "failures": 0, "errors": 0, "skipped": 1}
+    assert re.fullmatch(r"1 passed, 1 skipped, \d+ deselected in [\d.]+s", measured["last_line"])
+    assert "log_tail" not in measured  # kept only when something went wrong
+    cases = ElementTree.parse(default_parts.out / "tests" / "junit.xml").getroot().iter("testcase")
+    skips = {
+        f"{case.get('classname')}::{case.get('name')}": skip.get("message")
+        for case in cases
+        for skip in case.iter("skipped")
+    }
+    assert skips == {
         "tests.test_device::test_to_device_returns_without_waiting_for_the_gpu": "CUDA only: cpu runs every "
         "operation at once, there is no queue to wait for"
     }
-    assert re.fullmatch(r"1 passed, 1 skipped, \d+ deselected in [\d.]+s", measured["last_line"])
 
 
 def test_reference_files_agree_with_the_report(default_parts: DryRun, gpu_check):
@@ -134,7 +142,6 @@ def test_reference_files_agree_with_the_report(default_parts: DryRun, gpu_check)
     summary = json.loads((folder / "summary.json").read_text())
     metrics = sg.read_metrics(folder / "metrics.jsonl")
     measured = default_parts.measured("reference_run")
-    assert measured["source"] == "summary.json"
     for key in (*gpu_check.REFERENCE_KEYS, "stop_reason"):
         assert measured[key] == summary[key], key
     assert summary["steps"] == metrics[-1]["step"] == 20 and summary["stop_reason"] == "max_steps"
@@ -146,35 +153,16 @@ def test_reference_files_agree_with_the_report(default_parts: DryRun, gpu_check)
     assert "step    20/20" in (folder / "train.log").read_text()
 
 
-def test_summary_rebuilt_from_metrics_matches_the_real_one(default_parts: DryRun, gpu_check):
-    """What the report records for a run cut off before summary.json, checked against a run that wrote one."""
-    folder = default_parts.out / "reference"
-    summary = json.loads((folder / "summary.json").read_text())
-    rebuilt = gpu_check.summary_from_metrics(sg.read_metrics(folder / "metrics.jsonl"), summary["target_loss"])
-    assert set(rebuilt) == set(gpu_check.REFERENCE_KEYS)
-    for key, value in rebuilt.items():
-        expected = summary[key]
-        assert value == (expected if expected is None else pytest.approx(expected, rel=1e-6)), key
-
-
-def test_rebuilt_summary_finds_the_target(default_parts: DryRun, gpu_check):
-    rows = sg.read_metrics(default_parts.out / "reference" / "metrics.jsonl")
-    target = (rows[0]["loss"] + rows[-1]["loss"]) / 2  # reached at the second logged step, not the first
-    rebuilt = gpu_check.summary_from_metrics(rows, target)
-    assert rebuilt["target_step"] == rows[-1]["step"]
-    assert rebuilt["time_to_target_s"] == pytest.approx(rows[-1]["elapsed_s"] - rebuilt["warmup_s"])
-
-
 def test_ladder_result_has_every_rung(default_parts: DryRun):
     folder = default_parts.out / "ladder"
     result = json.loads((folder / "bench_ladder_cpu.json").read_text())
     names = [row["name"] for row in result["rows"]]
-    assert names == [rung.name for rung in ladder_rungs(2, 2)]
+    assert names == [rung.name for rung in sg.Ladder(sg.BenchSettings(preset="tiny", device="cpu")).rungs]
     assert result["settings"]["batch_size"] == 2 and result["settings"]["compile"] is False
     assert list(default_parts.measured("ladder")["rungs"]) == names
     measured_rows = [row for row in result["rows"] if not row["skipped"]]
     assert measured_rows and all(row["tokens_per_s"] > 0 for row in measured_rows)
-    assert not (folder / "bench_ladder_cpu.png").exists() and not (folder / "bench_ladder_cpu.svg").exists()
+    assert sorted(path.name for path in folder.iterdir()) == ["bench_ladder_cpu.json"]  # no figure, no log
 
 
 def test_samples_of_both_checkpoints_with_memorisation(default_parts: DryRun, gpu_check):
@@ -189,8 +177,9 @@ def test_samples_of_both_checkpoints_with_memorisation(default_parts: DryRun, gp
 
 @pytest.fixture(scope="module")
 def speed_parts(tmp_path_factory) -> DryRun:
-    """The sweep (its Muon run alone) and the speed benchmarks."""
-    return dry_run(tmp_path_factory, ["--part", "sweep,speed", "--sweep", "muon"])
+    """The sweep (its Muon run alone, stopped by a 45 s limit: SIGINT 10 s before it) and the speed benchmarks."""
+    limit = ["--reference-minutes", "0.75", "--train-args", "--max-steps 9999"]
+    return dry_run(tmp_path_factory, ["--part", "sweep,speed", "--sweep", "muon", *limit])
 
 
 def test_the_sweep_and_speed_parts_pack_each_run_and_benchmark_into_one_file(speed_parts: DryRun, gpu_check):
@@ -199,12 +188,23 @@ def test_the_sweep_and_speed_parts_pack_each_run_and_benchmark_into_one_file(spe
     packed = json.loads((speed_parts.out / "sweep" / "muon.json").read_text())
     assert packed["flags"] == gpu_check.SWEEP["muon"] == ["--optimizer", "muon"]
     assert packed["measured"] == speed_parts.measured("sweep/muon")
-    assert [row["step"] for row in packed["metrics"]][-1] == packed["measured"]["steps"] == 20
-    assert any("train" in line and "tiny" in line for line in packed["log_tail"])
+    assert 0 < packed["metrics"][-1]["step"] <= packed["measured"]["steps"] < 9999
+    assert packed["log_tail"][-1] == packed["measured"]["last_line"]  # the log's last lines: steps, then the stop
+    assert any(line.startswith("step ") and "| loss " in line for line in packed["log_tail"])
     profile = json.loads((speed_parts.out / "speed" / "bench_profile_cpu.json").read_text())
     assert speed_parts.measured("speed/profile")["shares"] == profile["shares"]
     generate = json.loads((speed_parts.out / "speed" / "bench_generate_cpu.json").read_text())
     assert speed_parts.measured("speed/generate")["ratios"] == generate["ratios"]
+
+
+def test_a_run_stopped_by_its_time_limit_passes_with_its_own_summary(speed_parts: DryRun):
+    """The over-time run got SIGINT, wrote its summary and ended with status 130; the report takes its numbers."""
+    check = speed_parts.report["checks"]["sweep/muon"]
+    measured = check["measured"]
+    assert (check["status"], measured["cut_by_time_limit"], measured["returncode"]) == ("PASS", True, 130)
+    assert measured["stop_reason"] == "interrupted" and measured["time_limit_s"] == 45
+    assert measured["time_limit_s"] - 10 <= measured["wall_s"] < measured["time_limit_s"]
+    assert measured["final_train_loss"] < measured["first_logged_loss"] and measured["mean_tok_per_s"] > 0
 
 
 @pytest.mark.parametrize("parts", ["default_parts", "notebook_parts", "speed_parts"])
@@ -241,34 +241,49 @@ def test_the_saved_notebook_is_the_notebook_executed_and_agrees_with_the_report(
     assert skipped and notebook_parts.measured("notebooks/05_optimizations")["skipped_rungs"] == skipped
 
 
-def test_junit_results_count_and_name_every_outcome(tmp_path: Path, gpu_check):
-    """A real pytest run's JUnit report: a pass, a failure, a skip and an error in a fixture."""
+def test_tests_count_every_outcome_and_keep_pytests_last_lines(tmp_path: Path, gpu_check):
+    """A real run of the tests part on device tests of its own (the project's conftest as a plugin gives them the
+    device fixture): a pass, a failure, a skip and an error in a fixture."""
     (tmp_path / "test_sample.py").write_text(
-        "import pytest\n"
-        "@pytest.fixture\n"
-        "def broken():\n    raise RuntimeError('set-up broke')\n"
-        "def test_pass():\n    pass\n"
-        "def test_fail():\n    assert 1 == 2, 'one is not two'\n"
-        "def test_skip():\n    pytest.skip('not here')\n"
-        "def test_error(broken):\n    pass\n"
+        textwrap.dedent("""
+        import pytest
+        @pytest.fixture
+        def broken():
+            raise RuntimeError("set-up broke")
+        def test_pass(device):
+            pass
+        def test_fail(device):
+            assert 1 == 2, "one is not two"
+        def test_skip(device):
+            pytest.skip("not here")
+        def test_error(device, broken):
+            pass
+        """)
     )
-    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--junitxml=junit.xml", "test_sample.py"]
-    subprocess.run(command, cwd=tmp_path, capture_output=True, timeout=120)
-    results = gpu_check.junit_results(tmp_path / "junit.xml")
-    assert {key: results[key] for key in ("tests", "passed", "failed", "skipped")} == {
-        "tests": 4, "passed": 1, "failed": 2, "skipped": 1
-    }  # fmt: skip
-    assert results["skips"] == {"test_sample::test_skip": "not here"}
-    assert list(results["failures"]) == ["test_sample::test_fail", "test_sample::test_error"]
-    assert results["failures"]["test_sample::test_fail"].startswith("AssertionError: one is not two")
-    assert "RuntimeError: set-up broke" in results["failures"]["test_sample::test_error"]
+    pytest_args = [str(tmp_path / "test_sample.py"), "-p", "tests.conftest"]
+    args = argparse.Namespace(device="cpu", pytest_args=pytest_args, out=tmp_path / "out")
+    measured, problems = gpu_check.check_tests(args, 120)
+    counts = {key: measured[key] for key in ("tests", "failures", "errors", "skipped", "returncode")}
+    assert counts == {"tests": 4, "failures": 1, "errors": 1, "skipped": 1, "returncode": 1}
+    assert re.fullmatch(r"1 failed, 1 passed, 1 skipped, 1 error in [\d.]+s", measured["last_line"])
+    assert problems == [f"pytest ended with status 1: {measured['last_line']}"]
+    assert any(line.startswith("FAILED") and "::test_fail" in line for line in measured["log_tail"])
+    assert any(line.startswith("ERROR") and "::test_error" in line for line in measured["log_tail"])
+    cases = ElementTree.parse(args.out / "tests" / "junit.xml").getroot().iter("testcase")
+    outcomes = {case.get("name"): (child.tag, child.get("message")) for case in cases for child in case}
+    assert outcomes["test_fail"][0] == "failure" and outcomes["test_fail"][1].startswith(
+        "AssertionError: one is not two"
+    )
+    assert outcomes["test_error"][0] == "error" and "RuntimeError: set-up broke" in outcomes["test_error"][1]
+    assert outcomes["test_skip"] == ("skipped", "not here") and "test_pass" not in outcomes
 
 
-def test_tests_that_select_nothing_fail_with_pytests_last_lines(gpu_check):
-    args = argparse.Namespace(device="cpu", pytest_args=["tests/test_device.py", "-k", "no_such_test"])
+def test_tests_that_select_nothing_fail_with_pytests_last_lines(tmp_path: Path, gpu_check):
+    args = argparse.Namespace(device="cpu", pytest_args=["tests/test_device.py", "-k", "no_such_test"], out=tmp_path)
     measured, problems = gpu_check.check_tests(args, 120)
     assert (measured["tests"], measured["returncode"]) == (0, 5)  # pytest's status for "no tests collected"
-    assert len(problems) == 1 and re.fullmatch(r"no test was selected: \d+ deselected in [\d.]+s", problems[0])
+    assert problems == [f"pytest ended with status 5: {measured['last_line']}"]
+    assert re.fullmatch(r"\d+ deselected in [\d.]+s", measured["last_line"])
     assert measured["log_tail"][-1] == measured["last_line"]
 
 
@@ -283,10 +298,10 @@ def test_a_failing_or_over_time_notebook_names_its_cell(tmp_path, monkeypatch, g
     monkeypatch.setattr(gpu_check, "NOTEBOOK_DIR", tmp_path)
     cells = [nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell(source), nbformat.v4.new_code_cell("y = 2")]
     nbformat.write(nbformat.v4.new_notebook(cells=cells), tmp_path / "08_sampling.ipynb")
-    args = argparse.Namespace(out=tmp_path / "out", t4_max_steps=1)
+    args = argparse.Namespace(out=tmp_path / "out", t4_max_steps=1, device_type="cpu")
     args.out.mkdir()
     started = time.monotonic()
-    measured, problems = gpu_check.check_notebook("08_sampling", torch.device("cpu"), args, limit_s, t4=False)
+    measured, problems = gpu_check.check_notebook(args, "08_sampling", False, limit_s)
     assert time.monotonic() - started < limit_s + 20
     assert len(problems) == 1 and re.fullmatch(f"cell {cells[1].id}: {error}", problems[0])
     assert measured == {"peak_allocated_mib": None, "peak_reserved_mib": None, "skipped_rungs": None}

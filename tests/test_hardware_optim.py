@@ -14,9 +14,9 @@ import pytest
 import torch
 
 import shakegpt.hardware
-from shakegpt.config import GPTConfig, ShakeGPTError
+from shakegpt.basics import ShakeGPTError
 from shakegpt.hardware import enable_tf32, get_device, get_precision, peak_flops, set_seed
-from shakegpt.model import GPT
+from shakegpt.model import GPT, GPTConfig
 from shakegpt.optim import configure_optimizer, estimate_mfu, flops_per_token, get_lr
 
 # ---- device and precision --------------------------------------------------------------------------------------

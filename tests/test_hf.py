@@ -20,7 +20,7 @@ import torch
 
 import shakegpt_utils as sg
 from shakegpt import hub
-from shakegpt.config import ShakeGPTError
+from shakegpt.basics import ShakeGPTError
 from shakegpt.tokenizer import gpt2_bpe_folder
 
 transformers = pytest.importorskip("transformers")
@@ -66,7 +66,7 @@ def model() -> sg.GPT:
 def forged_checkpoint(folder: Path, model: sg.GPT, step: int, best_step: int) -> Path:
     """A checkpoint as a training run saves it, at `step`, its run's best validation loss at `best_step`."""
     state = {"best_val_loss": 5.4321, "best_val_step": best_step}
-    return sg.save_checkpoint(folder / "best.pt", model, step=step, train_config=TRAIN_CONFIG, extra={"state": state})
+    return sg.save_checkpoint(folder / "best.pt", model, step=step, train_config=TRAIN_CONFIG, train_state=state)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import shakegpt.ladder as ladder_module
+import shakegpt.bench.ladder as ladder_module
 import shakegpt.memory as memory_module
 import shakegpt.train as train_module
 import shakegpt_utils as sg

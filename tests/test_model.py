@@ -10,11 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from shakegpt.basics import ShakeGPTError
 from shakegpt.checkpoint import clean_state_dict
 from shakegpt.chunked_loss import ChunkedLinearCrossEntropy, chunked_cross_entropy
-from shakegpt.config import GPT2_VOCAB_SIZE, PADDED_VOCAB_SIZE, GPTConfig, ShakeGPTError
 from shakegpt.hf import export_hf, from_hf, from_pretrained
-from shakegpt.model import GPT, KVCache, causal_mask
+from shakegpt.model import GPT, PADDED_VOCAB_SIZE, GPTConfig, KVCache, causal_mask
+from shakegpt.tokenizer import GPT2_VOCAB_SIZE
 
 transformers = pytest.importorskip("transformers")
 

@@ -26,7 +26,7 @@ import nbformat
 import pytest
 from exercise_mutants import MUTANTS
 
-from shakegpt.config import PROJECT_ROOT, colab_badge, repository_url
+from shakegpt.basics import PROJECT_ROOT, colab_badge, repository_url
 
 nbclient = pytest.importorskip("nbclient")
 
@@ -254,7 +254,7 @@ MAX_CODE_LINES = 40
 
 
 def test_every_rung_cell_holds_and_passes_the_lines_it_changes():
-    from shakegpt.ladder import ladder_rungs
+    from shakegpt.bench.rungs import ladder_rungs
 
     cells = code_cells(nbformat.read(NOTEBOOK_DIR / "05_optimizations.ipynb", as_version=4))
     names = [rung.name for rung in ladder_rungs(1, 2)]

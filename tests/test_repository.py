@@ -17,7 +17,7 @@ import nbformat
 import pytest
 import yaml
 
-from shakegpt.config import PROJECT_ROOT, repository_url
+from shakegpt.basics import PROJECT_ROOT, repository_url
 
 # A GitHub address of this course, written out or inside a Colab badge ("colab.research.google.com/github/OWNER/NAME").
 COURSE_ADDRESS = re.compile(r"(?:https://github\.com/|colab\.research\.google\.com/github/)([\w.-]+/shakegpt)\b")

@@ -13,12 +13,11 @@ import nbformat
 import pytest
 import torch
 
-from shakegpt.config import GPT2_VOCAB_SIZE, GPTConfig
 from shakegpt.fast_decoding import CompiledDecoder, StaticKVCache
 from shakegpt.hf import from_hf
-from shakegpt.model import GPT
+from shakegpt.model import GPT, GPTConfig
 from shakegpt.sampling import encode_prompt, generate, generate_stream, sample_text, sampling_probabilities
-from shakegpt.tokenizer import END_OF_TEXT, get_tokenizer
+from shakegpt.tokenizer import END_OF_TEXT, GPT2_VOCAB_SIZE, get_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 

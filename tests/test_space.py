@@ -14,7 +14,6 @@ import importlib.util
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -25,10 +24,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import free_port
 
 import shakegpt_utils as sg
+from shakegpt.basics import PROJECT_ROOT, ShakeGPTError
 from shakegpt.card import is_memorised, model_card
-from shakegpt.config import PROJECT_ROOT, ShakeGPTError
 from shakegpt.hf import TOKENIZER_FILES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -150,8 +150,9 @@ def module_level_imports(path: Path) -> set[str]:
 
 def test_the_folder_holds_the_space_and_nothing_else(space: Path):
     files = {path.relative_to(space).as_posix() for path in space.rglob("*") if path.is_file()}
-    package = {f"shakegpt/{path.name}" for path in (PROJECT_ROOT / "shakegpt").glob("*.py")}
+    package = {path.relative_to(PROJECT_ROOT).as_posix() for path in (PROJECT_ROOT / "shakegpt").rglob("*.py")}
     assert "shakegpt/space.py" in package and "shakegpt/__init__.py" in package
+    assert "shakegpt/bench/__init__.py" in package  # shakegpt_utils imports the benchmarks at start-up
     expected = {"README.md", "requirements.txt", "app.py", "shakegpt_utils.py", "config.json", "model.safetensors"}
     expected |= {"generation_config.json", "tokenizer_config.json", *TOKENIZER_FILES}  # what transformers reads
     assert files == expected | package  # no __pycache__, no checkpoint (no pickle), no template leftovers
@@ -177,7 +178,7 @@ def test_readme_metadata_is_a_gradio_space_on_the_tested_gradio(space: Path):
 
 def test_model_card_numbers_come_from_the_checkpoint(space: Path, checkpoint: dict, model: sg.GPT):
     readme = (space / "README.md").read_text()
-    cfg, state = checkpoint["train_config"], checkpoint["extra"]["state"]
+    cfg, state = checkpoint["train_config"], checkpoint["train_state"]
     assert "${" not in readme and "$" not in readme  # every placeholder filled
     assert f"| Corpus | `{cfg['corpus']}` |" in readme and cfg["corpus"] == "tinyshakespeare"
     c = model.config
@@ -201,9 +202,9 @@ def test_a_checkpoint_saved_after_its_best_validation_step_is_marked_as_memorise
 ):
     """last.pt of a run whose validation loss was lowest before its end; forged from best.pt so that it surely is."""
     payload = torch.load(checkpoint_path, weights_only=True)
-    payload["step"], payload["extra"]["state"]["best_val_step"] = 500, 425
+    payload["step"], payload["train_state"]["best_val_step"] = 500, 425
     payload["train_config"].update(train_tokens=8000, target_loss=0.1, total_batch=512)
-    payload["extra"]["state"]["target_step"] = 480
+    payload["train_state"]["target_step"] = 480
     torch.save(payload, tmp_path / "last.pt")
     readme = (sg.build_space(tmp_path / "last.pt", tmp_path / "space") / "README.md").read_text()
     warning = "**It memorised.** This checkpoint is from step 500, after the run's best validation loss at step 425"
@@ -381,12 +382,6 @@ def test_the_app_describes_both_formats_alike(space: Path, checkpoint_path: Path
 
 
 # ---- the Space, served from a fresh environment -------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

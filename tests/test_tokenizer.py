@@ -9,7 +9,7 @@ import sys
 import pytest
 
 import shakegpt.tokenizer
-from shakegpt.config import ShakeGPTError
+from shakegpt.basics import ShakeGPTError
 from shakegpt.tokenizer import END_OF_TEXT, get_tokenizer, gpt2_bpe_folder, verified_bpe_files
 
 ASSORTED = [

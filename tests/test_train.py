@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import shakegpt.run as run_module
 import shakegpt.train as train_module
 import shakegpt_utils as sg
 
@@ -83,9 +84,18 @@ def run_config(out: Path, **changes) -> sg.TrainConfig:
     return sg.TrainConfig(**values)
 
 
-def test_a_run_writes_metrics_checkpoints_samples_summary_and_events(tmp_path, in_process_env):
-    out = tmp_path / "run"
-    summary = sg.train(run_config(out, dropout=0.1, sample_interval=6, tensorboard=True))
+@pytest.fixture(scope="module")
+def tiny_run(env, tmp_path_factory) -> tuple[Path, dict]:
+    """One run of 12 steps, with dropout, samples at steps 6 and 12 and TensorBoard events: its folder and summary."""
+    out = tmp_path_factory.mktemp("tiny-run") / "run"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SHAKEGPT_CACHE_DIR", env["SHAKEGPT_CACHE_DIR"])
+        summary = sg.train(run_config(out, dropout=0.1, sample_interval=6, tensorboard=True))
+    return out, summary
+
+
+def test_a_run_logs_every_step_and_learns(tiny_run):
+    out, _ = tiny_run
     rows = sg.read_metrics(out / "metrics.jsonl")
     assert [row["step"] for row in rows] == list(range(1, 13))
     for row in rows:
@@ -95,6 +105,10 @@ def test_a_run_writes_metrics_checkpoints_samples_summary_and_events(tmp_path, i
     assert rows[0]["loss"] == pytest.approx(torch.log(torch.tensor(50257.0)).item(), abs=0.3)  # untrained ≈ ln V
     assert rows[-1]["loss"] < rows[0]["loss"] - 1.0  # it learns
 
+
+def test_the_summary_on_disk_agrees_with_the_metrics(tiny_run):
+    out, summary = tiny_run
+    rows = sg.read_metrics(out / "metrics.jsonl")
     saved = json.loads((out / "summary.json").read_text())
     assert saved == json.loads(json.dumps(summary))
     for key in (
@@ -115,20 +129,30 @@ def test_a_run_writes_metrics_checkpoints_samples_summary_and_events(tmp_path, i
     assert (saved["best_val_step"], saved["best_val_loss"]) == (best_row["step"], best_row["val_loss"])
     assert saved["final_train_loss"] == rows[-1]["loss"]
 
+
+def test_best_and_last_checkpoints_hold_their_steps(tiny_run):
+    out, summary = tiny_run
     best = sg.load_checkpoint(out / "best.pt")
     last = sg.load_checkpoint(out / "last.pt")
-    assert best["step"] == saved["best_val_step"] and last["step"] == 12
+    assert best["step"] == summary["best_val_step"] and last["step"] == 12
+
+
+def test_a_run_writes_its_figure_and_a_sample_at_each_interval(tiny_run):
+    out, summary = tiny_run
     for name in ("loss.png", "loss.svg", "samples.txt"):
         assert (out / name).stat().st_size > 0
     assert (out / "samples.txt").read_text().count("=== step") == 2  # steps 6 and 12, the last one not repeated
-    assert saved["sample"].startswith("ROMEO:")
+    assert summary["sample"].startswith("ROMEO:")
 
+
+def test_tensorboard_holds_the_curves_and_the_samples(tiny_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    out, _ = tiny_run
     events = EventAccumulator(str(out / "tensorboard"))
     events.Reload()
     train_curve = [event.value for event in events.Scalars("loss/train")]
-    assert train_curve == pytest.approx([row["loss"] for row in rows])
+    assert train_curve == pytest.approx([row["loss"] for row in sg.read_metrics(out / "metrics.jsonl")])
     assert len(events.Scalars("loss/val")) == 2
     assert "sample" in " ".join(events.Tags()["tensors"])
 
@@ -233,7 +257,7 @@ def test_crash_during_checkpoint_write_keeps_previous_and_resume_is_exact(
     assert checkpoint["step"] == 6
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
     if dtype == "fp16":  # the loss scale has come down from its start: resuming must not reset it
-        assert checkpoint["extra"]["scaler"]["scale"] < 2.0**24
+        assert checkpoint["scaler"]["scale"] < 2.0**24
 
     summary = sg.train(run_config(out, dropout=0.1, dtype=dtype, optimizer=optimizer, resume=True))
     assert losses(out) == losses(reference)
@@ -244,13 +268,13 @@ def test_checkpoints_only_at_the_end_keep_the_best_weights_in_memory(tmp_path, i
     """With ckpt_interval 0 nothing is written while the run is timed: last.pt at the last step, then best.pt,
     holding the weights of the best validation step, equal to those a run writing best.pt at that step saves."""
     written = []
-    real_save = train_module.save_checkpoint
+    real_save = run_module.save_checkpoint
 
     def recorded(path, model, optimizer=None, step=0, *args, **kwargs):
         written.append((Path(path).name, step, optimizer is not None))
         return real_save(path, model, optimizer, step, *args, **kwargs)
 
-    monkeypatch.setattr(train_module, "save_checkpoint", recorded)
+    monkeypatch.setattr(run_module, "save_checkpoint", recorded)
     # 256 training tokens and a high learning rate: validation is best at step 3 and worse after it.
     changes = dict(max_steps=9, eval_interval=3, lr=3e-2, warmup_steps=1, train_tokens=256)
     at_the_end = sg.train(run_config(tmp_path / "end", ckpt_interval=0, **changes))
@@ -336,11 +360,11 @@ def test_evaluation_is_a_mean_over_tokens_for_any_batch_size(batch_size, device)
       ("tiny", "chunked")), ("mps", "gpt2", None, ("gpt2", "chunked"))],
 )  # fmt: skip
 def test_resolve_picks_the_preset_and_the_loss_for_the_device(device, preset, loss, expected):
-    cfg = sg.TrainConfig(preset=preset, loss=loss).resolve(torch.device(device))
-    assert (cfg.preset, cfg.loss) == expected
+    cfg = sg.TrainConfig(preset=preset, loss_impl=loss).resolve(torch.device(device))
+    assert (cfg.preset, cfg.loss_impl) == expected
     assert cfg.compile == (device == "cuda")
     with torch.device("meta"):  # shapes only: the 124M model costs nothing to build there
-        assert train_module.build_model(cfg).config.loss_impl == cfg.loss
+        assert run_module.build_model(cfg).config.loss_impl == cfg.loss_impl
 
 
 def test_defaults_follow_the_preset_not_the_device():
@@ -369,7 +393,7 @@ def test_evaluation_runs_the_plain_model_never_the_compiled_one(tmp_path, in_pro
             return self.model(*args, **kwargs)
 
     monkeypatch.setattr(torch, "compile", Compiled)
-    monkeypatch.setattr(train_module, "compile_problem", lambda device: None)  # the stand-in compiles anything
+    monkeypatch.setattr(run_module, "compile_problem", lambda device: None)  # the stand-in compiles anything
     summary = sg.train(run_config(tmp_path / "run", compile=True))
     assert summary["compile"] and summary["best_val_loss"] is not None
     assert len(calls) == 12 and set(calls) == {(True, True)}  # one call per training step, never for evaluation
@@ -389,7 +413,7 @@ def data_seen(monkeypatch) -> tuple[list, list]:
         validated_on.append(tokens.copy())
         return sg.evaluation_windows(tokens, *args, **kwargs)
 
-    monkeypatch.setattr(train_module, "TokenBatches", RecordingBatches)
+    monkeypatch.setattr(run_module, "TokenBatches", RecordingBatches)
     monkeypatch.setattr(train_module, "evaluation_windows", recording_windows)
     return trained_on, validated_on
 

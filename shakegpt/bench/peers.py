@@ -10,23 +10,19 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn as nn
 
-from .benchmark import (
-    BenchSettings,
-    device_label,
-    resolve_for_device,
-    result_header,
-    summarise_times,
-    timed_call,
-)
-from .config import GPT2_VOCAB_SIZE, PADDED_VOCAB_SIZE, GPTConfig, ShakeGPTError, check_choice, setting
-from .data import fixed_batches
-from .fast_decoding import CompiledDecoder
-from .hardware import DTYPES, auto_dtype, compile_problem, describe_device, get_precision, set_seed
-from .hf import from_hf, gpt2_config_values
-from .ladder import fused_adamw_problem
-from .optim import configure_optimizer
-from .sampling import generate
-from .train import default_loss, train_step
+from ..basics import ShakeGPTError, check_choice, setting
+from ..data import fixed_batches
+from ..fast_decoding import CompiledDecoder
+from ..hardware import DTYPES, auto_dtype, compile_problem, describe_device, get_precision, set_seed
+from ..hf import from_hf, gpt2_config_values
+from ..model import PADDED_VOCAB_SIZE, GPTConfig
+from ..optim import configure_optimizer, fused_adamw_problem
+from ..sampling import generate
+from ..tokenizer import END_OF_TEXT_ID, GPT2_VOCAB_SIZE
+from ..train import train_step
+from ..train_settings import default_loss
+from .settings import BenchSettings, device_label, resolve_for_device, result_header
+from .timing import summarise_times, timed_call
 
 # A fixed-size cache and a one-token step compiled once (CUDA graphs on a GPU): fast_decoding.CompiledDecoder.
 COMPILED_DECODER = "ours compiled step"
@@ -218,5 +214,5 @@ def hf_generate(hf: nn.Module, prompt: torch.Tensor, new_tokens: int) -> torch.T
         min_new_tokens=new_tokens,
         do_sample=False,
         use_cache=True,
-        pad_token_id=GPT2_VOCAB_SIZE - 1,
+        pad_token_id=END_OF_TEXT_ID,
     )

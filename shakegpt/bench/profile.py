@@ -13,12 +13,13 @@ import matplotlib.pyplot as plt
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from .benchmark import BenchSettings, device_label, resolve_for_device, result_header
-from .config import GPT2_VOCAB_SIZE
-from .data import fixed_batches
-from .hardware import compile_problem, describe_device, get_precision, set_seed, synchronize
-from .optim import configure_optimizer
-from .train import build_model, train_step
+from ..data import fixed_batches
+from ..hardware import compile_problem, describe_device, get_precision, set_seed, synchronize
+from ..optim import configure_optimizer
+from ..run import build_model
+from ..tokenizer import GPT2_VOCAB_SIZE
+from ..train import train_step
+from .settings import BenchSettings, device_label, resolve_for_device, result_header
 
 # Operation or kernel names by what they compute, tried in this order (log_softmax is the loss, softmax attention).
 KINDS = {
