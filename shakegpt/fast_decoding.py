@@ -91,11 +91,11 @@ class CompiledDecoder:
         tokens = idx.new_empty(idx.size(0), idx.size(1) + max_new_tokens)
         tokens[:, : idx.size(1)] = idx
         end, filled = idx.size(1), block_size  # a full cache: the first pass reads the prompt
+        noise_shape = (idx.size(0), self.model.n_valid_tokens)
         for _ in range(max_new_tokens):
-            vocab = self.model.n_valid_tokens
-            noise = None if temperature == 0 else torch.empty(idx.size(0), vocab, device=idx.device)
-            if noise is not None:
-                noise.exponential_(generator=generator)
+            noise = None
+            if temperature != 0:  # Exp(1) draws for the exponential race, from this run's generator
+                noise = torch.empty(noise_shape, device=idx.device).exponential_(generator=generator)
             if filled == block_size:
                 context = tokens[:, max(0, end - block_size) : end]
                 self.cache.position.zero_()

@@ -90,7 +90,6 @@ class MuonWithAdamW:
         self.muon = torch.optim.Muon(matrices, lr=lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw")
         groups = decay_groups(model, weight_decay, leave_out=matrices)
         self.adamw = torch.optim.AdamW(groups, lr=lr, betas=betas, eps=1e-8, fused=fused)
-        self.defaults = {"muon": self.muon.defaults, "adamw": self.adamw.defaults}
 
     @property
     def param_groups(self) -> list[dict]:

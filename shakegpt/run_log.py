@@ -7,12 +7,16 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import torch
 
 from .hardware import synchronize
 from .plots import plot_loss_curves, save_figure
+
+if TYPE_CHECKING:  # run.py builds its RunLog from this module: the type alone, to read
+    from .run import TrainState
 
 
 class RunLog:
@@ -108,7 +112,7 @@ class StepClock:
     alone as warm-up; then each log window's steps together, waiting for the device once per window, never per step.
     Its times add up in the run's TrainState, across resumes."""
 
-    def __init__(self, state, device: torch.device):
+    def __init__(self, state: TrainState, device: torch.device):
         self.state, self.device = state, device
         self.window_start, self.steps_in_window = time.perf_counter(), 0
         self.first_step_s: float | None = None  # the warm-up step of this start, once taken

@@ -9,6 +9,7 @@ import json
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, replace
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -286,7 +287,7 @@ def record_validation(run: Run, row: dict) -> None:
         state.evals_without_improvement += 1
 
 
-def check_finite(losses: list[float], first_step: int, checkpoint) -> None:
+def check_finite(losses: list[float], first_step: int, checkpoint: Path) -> None:
     """Stop the run, naming the step, at the first loss that is NaN or infinite; last.pt is left as it was."""
     for offset, value in enumerate(losses):
         if not math.isfinite(value):
