@@ -2,7 +2,8 @@
 corpora, temporary cache folders, a loopback HTTP server and a switch that cuts off the network.
 
 A test that takes the `device` fixture is marked `device`: `pytest -m device --device cuda` runs exactly those on a GPU
-(tools/gpu_check.py does), and plain `pytest` runs them on the CPU with the rest.
+(tools/gpu_check.py does), and plain `pytest` runs them on the CPU with the rest. The notebook passes of the GPU check
+take options of their own (--notebook-pass and the rest: tests/test_notebook_passes.py).
 
 The corpora are never copied into the repository: tests read them from $SHAKEGPT_DATA_DIR (CI sets it to
 ../shared/data, relative to the repository root) and give every loader a temporary cache folder.
@@ -53,6 +54,12 @@ def _find_data_dir() -> Path | None:
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--device", default="cpu", help="where the tests marked `device` run: cpu (default), cuda, cuda:N")
+    group = parser.getgroup("notebook passes", "the GPU check's notebook passes (tests/test_notebook_passes.py)")
+    group.addoption("--notebook-pass", choices=("device", "t4"), help="run notebooks 05-08 as this device runs them, "
+                    "or as a Colab T4 would see them (CUDA only); without it the pass is skipped")  # fmt: skip
+    group.addoption("--notebook-minutes", type=float, default=60.0, help="time limit of each notebook (default: 60)")
+    group.addoption("--executed-dir", type=Path, help="where to save each executed notebook (default: nowhere)")
+    group.addoption("--t4-max-steps", type=int, default=200, help="max_steps of notebook 06's run in the t4 pass")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -269,8 +276,7 @@ def stop_server() -> Callable[[subprocess.Popen], None]:
 
 @pytest.fixture(scope="session")
 def gpu_check():
-    """tools/gpu_check.py as a module, for its functions and constants (registered first: its dataclasses look it
-    up by module name)."""
+    """tools/gpu_check.py as a module, for its functions and constants."""
     spec = importlib.util.spec_from_file_location("gpu_check", PROJECT_ROOT / "tools" / "gpu_check.py")
     module = sys.modules["gpu_check"] = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -1,7 +1,8 @@
 """tools/gpu_check.py: its CPU dry runs pass every part a CPU can run (the device tests through a -k filter, the
 reference run, the ladder, notebook 05 in smoke mode, a sweep run stopped by its time limit, the speed benchmarks; the
-T4 part says why it cannot) and leave files that agree with what they record; failing and over-time notebooks and
-tests are reported with their cause; bad options are one line of error."""
+T4 part says why it cannot) and leave files that agree with what they record; failing tests are reported with their
+cause; bad options are one line of error. How a failing or over-time notebook is reported, and where the T4 cells go:
+tests/test_notebook_passes.py."""
 
 from __future__ import annotations
 
@@ -14,8 +15,6 @@ import shlex
 import subprocess
 import sys
 import textwrap
-import time
-import types
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -285,53 +284,6 @@ def test_tests_that_select_nothing_fail_with_pytests_last_lines(tmp_path: Path, 
     assert problems == [f"pytest ended with status 5: {measured['last_line']}"]
     assert re.fullmatch(r"\d+ deselected in [\d.]+s", measured["last_line"])
     assert measured["log_tail"][-1] == measured["last_line"]
-
-
-@pytest.mark.parametrize(
-    "source, limit_s, error",
-    [("1 / 0", 60, r"ZeroDivisionError: division by zero"),
-     ("import time\ntime.sleep(60)", 5, r"A cell timed out while it was being executed, after [1-5] seconds\.")],
-)  # fmt: skip
-def test_a_failing_or_over_time_notebook_names_its_cell(tmp_path, monkeypatch, gpu_check, source, limit_s, error):
-    """The cell's error, or the time limit (which counts the kernel's start too), as the reason; the kernel stopped at
-    once; the executed copy saved."""
-    monkeypatch.setattr(gpu_check, "NOTEBOOK_DIR", tmp_path)
-    cells = [nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell(source), nbformat.v4.new_code_cell("y = 2")]
-    nbformat.write(nbformat.v4.new_notebook(cells=cells), tmp_path / "08_sampling.ipynb")
-    args = argparse.Namespace(out=tmp_path / "out", t4_max_steps=1, device_type="cpu")
-    args.out.mkdir()
-    started = time.monotonic()
-    measured, problems = gpu_check.check_notebook(args, "08_sampling", False, limit_s)
-    assert time.monotonic() - started < limit_s + 20
-    assert len(problems) == 1 and re.fullmatch(f"cell {cells[1].id}: {error}", problems[0])
-    assert measured == {"peak_allocated_mib": None, "peak_reserved_mib": None, "skipped_rungs": None}
-    saved = nbformat.read(args.out / "notebooks" / "08_sampling.ipynb", as_version=4)
-    assert [cell.source for cell in saved.cells] == [cell.source for cell in cells]
-    assert saved.cells[0].execution_count == 1 and saved.cells[2].execution_count is None
-
-
-@pytest.mark.parametrize("name", ["05_optimizations", "06_training", "07_evaluation", "08_sampling"])
-def test_t4_cells_come_first_and_cut_only_the_training_steps(name: str, gpu_check):
-    """The T4 cell right after the Colab set-up, so the package sees a T4 from its first use; the steps cell right
-    after the parameters, where it changes only max_steps of notebook 06's SETTINGS, in their real (not smoke) mode."""
-    nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
-    sources = [cell.source for cell in nb.cells]
-    gpu_check.as_on_a_t4(nb, 200)
-    setup = next(i for i, cell in enumerate(nb.cells) if cell.cell_type == "code")
-    parameters = next(i for i, cell in enumerate(nb.cells) if "parameters" in cell.metadata.get("tags", []))
-    assert nb.cells[setup + 1].source == gpu_check.T4_CELL and setup + 1 < parameters
-    assert [cell.source for i, cell in enumerate(nb.cells) if i not in (setup + 1, parameters + 1)] == sources
-    compile(gpu_check.T4_CELL, "T4_CELL", "exec")
-    namespace = {
-        "sg": types.SimpleNamespace(SMOKE=False, MEMORISATION_RUN={}),
-        "Path": Path,
-        "device": torch.device("cuda"),
-    }
-    exec(nb.cells[parameters].source, namespace)
-    before = namespace.get("SETTINGS")
-    exec(nb.cells[parameters + 1].source, namespace)
-    assert namespace.get("SETTINGS") == (None if before is None else {**before, "max_steps": 200})
-    assert (before is not None) == (name == "06_training")
 
 
 @pytest.mark.parametrize(

@@ -5,14 +5,10 @@ what it measured; OUT holds at most 8 files, OUT/a/b at the deepest (what the de
 when no check failed, else 1. tools/gpu_check.sh runs it on the GPU; tests/test_gpu_check.py runs it on a CPU."""
 
 import argparse
-import contextlib
 import json
 import math
-import os
 import shlex
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,11 +19,12 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # run from a copy of the checkout, without installing the package
+sys.path[:0] = [str(ROOT), str(ROOT / "tools")]  # run from a copy of the checkout, without installing the package
+
+from timed_run import GRACE_S, PYTEST, Findings, run_limited, run_pytest  # noqa: E402
 
 import shakegpt_utils as sg  # noqa: E402
 
-NOTEBOOK_DIR = ROOT / "notebooks"
 PARTS = ("tests", "reference", "ladder", "notebooks", "t4", "sweep", "speed")
 NOTEBOOKS = ("05_optimizations", "06_training", "07_evaluation", "08_sampling")
 # The reference run with one lever changed (issue 23); "complete" trains on the seed's own corpus and writes samples.
@@ -38,8 +35,8 @@ DEVICE_ARGS = {"cuda": {"train": "", "ladder": "--batch-size 16 --steps 5 --warm
                "cpu": {"train": "--max-steps 20", "ladder": "--batch-size 2 --steps 2 --warmup 1 --no-compile",
                        "speed": "--steps 1 --new-tokens 8"}}  # fmt: skip
 CLI = [sys.executable, "-m", "shakegpt_utils"]
-PYTEST = [sys.executable, "-m", "pytest", "-m", "device", "-q", "-p", "no:cacheprovider",
-          "--continue-on-collection-errors"]  # fmt: skip
+NOTEBOOK_PASS = [*PYTEST, "-o", "junit_family=xunit1"]  # that JUnit report keeps the test's property `measured`
+NOTEBOOK_TEST = "tests/test_notebook_passes.py::test_notebook_pass"
 SPEED = ("profile", "generate")  # the speed part's benchmarks
 TARGET_LOSS = 0.1  # the reference run's --target-loss
 SAMPLE_PROMPT = "Hello world: tell to"  # the reference result's five samples start from it
@@ -49,32 +46,8 @@ REFERENCE_KEYS = ("steps", "target_step", "time_to_target_s", "warmup_s", "mean_
 RUNG_KEYS = ("skipped", "reason", "tokens_per_s", "speedup", "ms_median", "mfu", "peak_memory_mb", "warmup_s", "loss")
 SPEED_KEYS = ("shares", "ms_per_step", "gpu_idle_share", "ratios")
 SAMPLES_LIMIT_S = 90.0  # for loading a checkpoint and writing five samples
-GRACE_S = 10.0  # an over-time subprocess gets SIGINT (a training run then writes its summary) this long before its
-WRAP_UP_S = 15.0  # limit, SIGKILL at it; WRAP_UP_S is kept back from the budget for copying results and the report
+WRAP_UP_S = 15.0  # kept back from the budget for copying results and the report
 MIN_SUBPROCESS_S = 30.0  # below this a subprocess could not even import torch and start; it is skipped instead
-MEASURED = "gpu_check: "  # starts the line MEASURE_CELL prints
-T4_CELL = """# tools/gpu_check.py: this GPU as a Colab T4 (15 GB, compute capability 7.5) would show itself
-import torch
-
-torch.cuda.set_per_process_memory_fraction(min(1.0, 15e9 / torch.cuda.get_device_properties(0).total_memory))
-torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-torch.backends.cuda.enable_flash_sdp(False)  # a T4 runs SDPA's memory-efficient or math kernels only
-torch.backends.cuda.enable_cudnn_sdp(False)
-torch.cuda.get_device_capability = lambda device=None: (7, 5)  # the package then picks fp16 with a GradScaler"""
-T4_STEPS_CELL = """if "SETTINGS" in globals():  # tools/gpu_check.py: fewer training steps, the same model and batch
-    SETTINGS = {{**SETTINGS, "max_steps": {steps}}}"""
-# Peak GPU memory: the allocator's high-water mark, or a ladder rung's own where higher (the ladder resets the mark).
-MEASURE_CELL = f"""# tools/gpu_check.py: this run's peak GPU memory (MiB) and the ladder's skipped rungs
-import json, torch
-_rows = globals()["ladder"].result()["rows"] if hasattr(globals().get("ladder"), "result") else []
-_gpu = torch.cuda.is_available() and torch.cuda.is_initialized()
-_peaks = [torch.cuda.max_memory_allocated() / 2**20] + [r.get("peak_memory_mb") or 0 for r in _rows if not r["skipped"]]
-print("{MEASURED}" + json.dumps({{
-    "peak_allocated_mib": max(_peaks) if _gpu else None,
-    "peak_reserved_mib": torch.cuda.max_memory_reserved() / 2**20 if _gpu else None,
-    "skipped_rungs": {{r["name"]: r["reason"] for r in _rows if r["skipped"]}},
-}}))"""
-Findings = tuple[dict, list[str]]  # what a check measured, and what it found wrong (nothing: PASS)
 
 
 class SkipCheck(Exception):
@@ -119,51 +92,30 @@ class Report(dict):
         self.write()
 
 
-def run_limited(command: list[str], log_path: Path, limit_s: float, **env: str) -> dict:
-    """Run `command` unbuffered in its own process group, its output into `log_path`, stopped before `limit_s`."""
-    started = time.perf_counter()
-    with log_path.open("w") as log:
-        process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1", **env}, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-        try:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=max(1.0, limit_s - GRACE_S))
-        finally:  # over time or interrupted: SIGINT (the CLI ends cleanly), then SIGKILL to all that is left of the
-            cut = process.poll() is None  # group (compile workers would hold the GPU)
-            for sig in (signal.SIGINT, signal.SIGKILL) if cut else ():
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, sig)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    process.wait(timeout=GRACE_S if sig == signal.SIGINT else None)
-    lines = [line.strip() for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
-    return dict(returncode=process.returncode, wall_s=time.perf_counter() - started, time_limit_s=limit_s,
-                cut_by_time_limit=cut, last_line=lines[-1] if lines else "")  # fmt: skip
-
-
-def run_for(result: Path, command: list[str], log_path: Path, limit_s: float, **env: str) -> Findings:
-    """run_limited, and why `command` left no `result` file if it did not (its last line, its log's name)."""
-    measured = run_limited(command, log_path, limit_s, **env)
-    if result.is_file():
-        return measured, []
-    why = "cut by the time limit" if measured["cut_by_time_limit"] else f"exit status {measured['returncode']}"
-    return measured, [f"no {result.name} ({why}): {measured['last_line']} (see {log_path.name})"]
-
-
 def check_tests(args: argparse.Namespace, limit_s: float) -> Findings:
-    """`pytest -m device` on the device, its JUnit report in OUT/tests: some test ran and none failed."""
-    junit = args.out / "tests" / "junit.xml"
-    with tempfile.TemporaryDirectory(prefix="shakegpt-tests-") as scratch:  # only the log's tail comes back
-        command = [*PYTEST, "--device", args.device, f"--junitxml={junit}", *args.pytest_args]
-        measured, problems = run_for(junit, command, Path(scratch) / "pytest.log", limit_s)
-        tail = (Path(scratch) / "pytest.log").read_text(errors="replace").splitlines()[-40:]
-    if problems:
-        return {**measured, "log_tail": tail}, problems
-    suite = ElementTree.parse(junit).getroot().find("testsuite")
-    measured.update({key: int(suite.get(key)) for key in ("tests", "failures", "errors", "skipped")})
-    if measured["returncode"] == 0 and measured["tests"]:  # and pytest selected some test
-        return measured, []
-    problem = f"pytest ended with status {measured['returncode']}: {measured['last_line']}"
-    return {**measured, "log_tail": tail}, [problem]
+    """`pytest -m device` on the device, its JUnit report in OUT/tests."""
+    command = [*PYTEST, "-m", "device", "--device", args.device, *args.pytest_args]
+    return run_pytest(command, args.out / "tests" / "junit.xml", limit_s)
+
+
+def check_notebook(args: argparse.Namespace, name: str, notebook_pass: str, limit_s: float) -> Findings:
+    """Notebook `name` through tests/test_notebook_passes.py (the quick mode on a CPU): its failing cell's error, its
+    peak memory and skipped rungs; the device pass saves it into OUT/notebooks."""
+    minutes = f"{(limit_s - 2 * GRACE_S) / 60:.3f}"  # the notebook's own limit ends before run_limited's SIGINT
+    command = [*NOTEBOOK_PASS, f"{NOTEBOOK_TEST}[{name}]", "--notebook-pass", notebook_pass, "--notebook-minutes",
+               minutes, "--t4-max-steps", str(args.t4_max_steps)]  # fmt: skip
+    command += ["--executed-dir", str(args.out / "notebooks")] if notebook_pass == "device" else []
+    with tempfile.TemporaryDirectory(prefix="shakegpt-notebook-") as scratch:
+        junit, smoke = Path(scratch) / "junit.xml", "" if args.device_type == "cuda" else "1"
+        measured, problems = run_pytest(command, junit, limit_s, SHAKEGPT_SMOKE=smoke)
+        cases = ElementTree.parse(junit).iter("testcase") if junit.is_file() else ()
+        outcomes = {child.tag: child for case in cases for child in case}
+    if "skipped" in outcomes:
+        raise SkipCheck(outcomes["skipped"].get("message"))
+    if "properties" in outcomes:
+        measured.update(json.loads(outcomes["properties"].find("property").get("value")))
+    failed = [outcomes["failure"].text.strip()] if "failure" in outcomes else []
+    return measured, failed or problems
 
 
 def check_bench(args: argparse.Namespace, which: str, limit_s: float) -> Findings:
@@ -173,7 +125,7 @@ def check_bench(args: argparse.Namespace, which: str, limit_s: float) -> Finding
     out.mkdir(parents=True, exist_ok=True)
     result_path, log = out / f"bench_{which}_{args.device_type}.json", out / f"{which}.log"
     command = [*CLI, "bench", which, "--preset", args.preset, "--device", args.device, "--out", str(result_path)]
-    measured, problems = run_for(result_path, [*command, *options], log, limit_s, SHAKEGPT_FIGURES_DIR=str(out))
+    measured, problems = run_limited([*command, *options], log, limit_s, result_path, SHAKEGPT_FIGURES_DIR=str(out))
     for suffix in (".png", ".svg"):
         result_path.with_suffix(suffix).unlink(missing_ok=True)
     if problems:
@@ -197,7 +149,7 @@ def check_training(args: argparse.Namespace, name: str, limit_s: float) -> Findi
         command = [*CLI, "train", "--preset", args.preset, "--target-loss", str(TARGET_LOSS), "--out", scratch,
                    "--no-progress", "--device", args.device, "--ckpt-interval", "0", "--sample-interval", "0",
                    *SWEEP.get(name, []), *args.train_args]  # fmt: skip
-        measured, problems = run_for(run / "summary.json", command, run / "train.log", limit_s)
+        measured, problems = run_limited(command, run / "train.log", limit_s, run / "summary.json")
         problems += write_samples(args, run) if name in ("reference", "complete") else []
         rows = sg.read_metrics(run / "metrics.jsonl") if (run / "metrics.jsonl").is_file() else []
         problems += training_findings(run, rows, measured)
@@ -234,56 +186,11 @@ def write_samples(args: argparse.Namespace, run: Path) -> list[str]:
         for name in (name for name in ("last", "best") if (run / f"{name}.pt").is_file()):
             command = [*CLI, "sample", "--ckpt", str(run / f"{name}.pt"), "--prompt", SAMPLE_PROMPT, "--num-samples",
                        "5", "--seed", "1337", "--device", args.device, "--memorisation"]  # fmt: skip
-            finished = run_limited(command, run / f"{name}.log", SAMPLES_LIMIT_S)
+            finished, _ = run_limited(command, run / f"{name}.log", SAMPLES_LIMIT_S)
             samples.write(f"===== {name}.pt =====\n{(run / f'{name}.log').read_text(errors='replace')}\n")
-            if finished["returncode"] != 0:
-                problems.append(
-                    f"sampling {name}.pt ended with status {finished['returncode']}: {finished['last_line']}"
-                )
+            status = finished["returncode"]
+            problems += [f"sampling {name}.pt ended with status {status}: {finished['last_line']}"] if status else []
     return problems
-
-
-def check_notebook(args: argparse.Namespace, name: str, t4: bool, limit_s: float) -> Findings:
-    """Notebook `name` run in its folder with MEASURE_CELL (smoke mode on a CPU), saved without it unless `t4`."""
-    if t4 and args.device_type != "cuda":
-        why = f"{args.device_type} has no memory share or kernels to limit"
-        raise SkipCheck(f"a T4 is emulated on a CUDA GPU only: {why}")
-    import nbclient  # the notebook parts only: on the GPU these come from the prepared wheels
-    import nbformat
-
-    nb = nbformat.read(NOTEBOOK_DIR / f"{name}.ipynb", as_version=4)
-    if t4:
-        as_on_a_t4(nb, args.t4_max_steps)
-    nb.cells.append(nbformat.v4.new_code_cell(MEASURE_CELL))
-    deadline, running, problems = time.monotonic() + limit_s, {}, []
-    client = nbclient.NotebookClient(
-        nb, kernel_name="python3", shutdown_kernel="immediate", resources={"metadata": {"path": str(NOTEBOOK_DIR)}},
-        timeout_func=lambda cell: max(1, int(deadline - time.monotonic())), on_cell_start=running.update,
-    )  # fmt: skip
-    with tempfile.TemporaryDirectory(prefix="shakegpt-figures-") as figures:
-        smoke = "" if args.device_type == "cuda" else "1"
-        try:
-            client.execute(env={**os.environ, "SHAKEGPT_FIGURES_DIR": figures, "SHAKEGPT_SMOKE": smoke})
-        except (nbclient.exceptions.CellExecutionError, TimeoutError, nbclient.exceptions.DeadKernelError) as error:
-            message = f"{error.ename}: {error.evalue}" if hasattr(error, "ename") else str(error)
-            problems.append(f"cell {running.get('cell', {}).get('id')}: {sg.first_line(message)}")
-    printed = "".join(output.get("text", "") for output in nb.cells.pop().get("outputs", []))
-    measured = {"peak_allocated_mib": None, "peak_reserved_mib": None, "skipped_rungs": None}
-    measured.update(json.loads(printed.split(MEASURED, 1)[1]) if MEASURED in printed else {})
-    if not t4:
-        (args.out / "notebooks").mkdir(exist_ok=True)
-        nbformat.write(nb, args.out / "notebooks" / f"{name}.ipynb")
-    return measured, problems
-
-
-def as_on_a_t4(nb: dict, max_steps: int) -> None:
-    """T4_CELL after the Colab set-up, so the package sees a T4 from its first use; T4_STEPS_CELL after parameters."""
-    from nbformat.v4 import new_code_cell
-
-    first_code = next(i for i, cell in enumerate(nb.cells) if cell.cell_type == "code")
-    nb.cells.insert(first_code + 1, new_code_cell(T4_CELL))
-    parameters = next(i for i, cell in enumerate(nb.cells) if "parameters" in cell.metadata.get("tags", []))
-    nb.cells.insert(parameters + 1, new_code_cell(T4_STEPS_CELL.format(steps=max_steps)))
 
 
 def part_checks(part: str, args: argparse.Namespace) -> list[tuple[str, float | None, Callable[[float], Findings]]]:
@@ -294,8 +201,8 @@ def part_checks(part: str, args: argparse.Namespace) -> list[tuple[str, float | 
         "ladder": [("ladder", args.ladder_minutes, partial(check_bench, args, "ladder"))],
         "sweep": [(f"sweep/{n}", args.reference_minutes, partial(check_training, args, n)) for n in args.sweep],
         "speed": [(f"speed/{w}", args.speed_minutes, partial(check_bench, args, w)) for w in SPEED],
-        "notebooks": [(f"notebooks/{n}", None, partial(check_notebook, args, n, False)) for n in args.notebooks],
-        "t4": [(f"t4/{n}", None, partial(check_notebook, args, n, True)) for n in args.notebooks],
+        "notebooks": [(f"notebooks/{n}", None, partial(check_notebook, args, n, "device")) for n in args.notebooks],
+        "t4": [(f"t4/{n}", None, partial(check_notebook, args, n, "t4")) for n in args.notebooks],
     }[part]
 
 
