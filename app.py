@@ -36,6 +36,7 @@ from shakegpt_utils import (
     load_exported,
     memorisation_line,
     model_from_checkpoint,
+    training_text,
 )
 
 try:  # on ZeroGPU hardware (a free account's Spaces) each call of a function marked @spaces.GPU is lent a GPU
@@ -50,6 +51,8 @@ MAX_PROMPT_CHARS = 4000  # the model reads at most its context (block_size token
 MAX_NEW_TOKENS, TEMPERATURE_MAX, TOP_K_MAX, MAX_SEED = 1000, 2.0, 500, 2**31 - 1
 TOP_P_MIN = 0.01  # top-p of 0 would keep no token
 DEFAULTS = {**SAMPLING_DEFAULTS, "seed": 1337}
+TrainedOn = tuple[str, str | None]  # the corpus, and the text file a run trained on instead (training_text)
+TINY_SHAKESPEARE: TrainedOn = ("tinyshakespeare", None)
 EXAMPLES = [
     ["Hello world: tell to"],  # the course's reference prompt (notebook 07 and the reference run's samples)
     ["ROMEO:\n"],
@@ -93,20 +96,21 @@ def find_checkpoint(ckpt: str | None) -> Path | None:
     return next((path for path in (APP_FOLDER, SPACE_CHECKPOINT, TRAINED_CHECKPOINT) if holds_model(path)), None)
 
 
-def load_for_app(path: Path, device: torch.device) -> tuple[GPT, str]:
-    """The model in `path` (a checkpoint file, or a folder with an exported model) on `device`, and one line
-    describing it; ShakeGPTError if it is unusable."""
+def load_for_app(path: Path, device: torch.device) -> tuple[GPT, str, TrainedOn]:
+    """The model in `path` (a checkpoint file, or a folder with an exported model) on `device`, one line describing
+    it, and the text it trained on (an exported model does not say: tiny Shakespeare); ShakeGPTError if unusable."""
     if path.is_dir():
-        model, origin = load_exported(path, device), f"{path.name}/{EXPORTED_FILES[1]}"
+        model, origin, trained_on = load_exported(path, device), f"{path.name}/{EXPORTED_FILES[1]}", TINY_SHAKESPEARE
     else:
         checkpoint = load_checkpoint(path)
         model = model_from_checkpoint(checkpoint, device, source=path)
-        origin = f"{path.name}, step {checkpoint.get('step', '?')}"
+        origin, trained_on = f"{path.name}, step {checkpoint.get('step', '?')}", training_text(checkpoint)
     c = model.config
-    return model, (
+    notice = (
         f"Model: {origin}, {model.num_params() / 1e6:.1f}M parameters "
         f"({c.n_layer} layers, {c.n_head} heads, {c.n_embd} wide), context {c.block_size} tokens, on {device}."
     )
+    return model, notice, trained_on
 
 
 def stream_text(
@@ -163,14 +167,14 @@ def make_handler(model: GPT | None, notice: str) -> Callable[..., Iterator[str]]
     return generate if spaces is None else spaces.GPU(generate)
 
 
-def memorisation_note(prompt: str | None, text: str | None) -> str:
+def memorisation_note(prompt: str | None, text: str | None, trained_on: TrainedOn = TINY_SHAKESPEARE) -> str:
     """Below the answer: how much of what the model wrote is copied verbatim from its training text. A model trained
     until its training loss is tiny recites Shakespeare; this says when it is quoting rather than composing."""
     written = str(text or "")[len(crop_prompt(prompt)) :]
     if not written:
         return ""
     try:
-        line = memorisation_line(written)
+        line = memorisation_line(written, *trained_on)
     except ShakeGPTError as error:
         return f"Memorisation check unavailable: {first_line(error)}"
     return (
@@ -179,9 +183,16 @@ def memorisation_note(prompt: str | None, text: str | None) -> str:
     )
 
 
-def build_app(model: GPT | None, notice: str, concurrency: int = 4) -> gr.Blocks:
-    """The page: prompt and examples, sampling controls, generate and stop buttons, the streamed text; queued, so
-    that up to `concurrency` requests generate at once and the rest wait their turn."""
+def build_app(
+    model: GPT | None, notice: str, concurrency: int = 4, trained_on: TrainedOn = TINY_SHAKESPEARE
+) -> gr.Blocks:
+    """The page: prompt and examples, sampling controls, generate and stop buttons, the streamed text and how much
+    of it is copied from `trained_on`; queued, so that up to `concurrency` requests generate at once and the rest
+    wait their turn."""
+
+    def note(prompt: str | None, text: str | None) -> str:
+        return memorisation_note(prompt, text, trained_on)
+
     with gr.Blocks(title="ShakeGPT", analytics_enabled=False) as demo:
         gr.Markdown("# ShakeGPT\nGPT-2 built from scratch in PyTorch and trained on Shakespeare. Give it a prompt.")
         gr.Markdown(notice if model is not None else f"**No model loaded.** {notice}", elem_id="notice")
@@ -216,7 +227,7 @@ def build_app(model: GPT | None, notice: str, concurrency: int = 4) -> gr.Blocks
         # preprocess=False: the handler gets the raw values and clamps them; a slider's own check would refuse an
         # out-of-range value from the API with an error instead.
         event = run.click(make_handler(model, notice), inputs, output, api_name="generate", preprocess=False)
-        event.success(memorisation_note, [prompt, output], memorisation, api_name="memorisation")
+        event.success(note, [prompt, output], memorisation, api_name="memorisation")
         stop.click(None, cancels=[event])
     return demo.queue(default_concurrency_limit=concurrency, max_size=64)
 
@@ -252,24 +263,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def load_or_explain(ckpt: str | None, device: torch.device) -> tuple[GPT | None, str]:
-    """The model find_checkpoint finds and the line that describes it, or None and how to get one."""
+def load_or_explain(ckpt: str | None, device: torch.device) -> tuple[GPT | None, str, TrainedOn]:
+    """What load_for_app gives for the checkpoint find_checkpoint finds, or None and how to get one."""
     path = find_checkpoint(ckpt)
     if path is None:
         notice = f"No checkpoint found. {HOW_TO_GET_ONE}"
         print(f"app.py: {notice}", file=sys.stderr, flush=True)
-        return None, notice
-    model, notice = load_for_app(path, device)
+        return None, notice, TINY_SHAKESPEARE
+    model, notice, trained_on = load_for_app(path, device)
     print(f"app.py: {notice}", flush=True)
-    return model, notice
+    return model, notice, trained_on
 
 
 def launch_in_notebook(ckpt: str | Path | None = None, share: bool | None = None, device: str = "auto") -> gr.Blocks:
     """Start the demo from a notebook cell and return it (`demo.close()` stops it): Gradio shows the page below the
     cell and the notebook stays usable. On Colab, whose machine your browser cannot reach, Gradio also opens a
     public link (share=None leaves that choice to Gradio; True or False decides)."""
-    model, notice = load_or_explain(str(ckpt) if ckpt is not None else None, get_device(device))
-    demo = build_app(model, notice)
+    model, notice, trained_on = load_or_explain(str(ckpt) if ckpt is not None else None, get_device(device))
+    demo = build_app(model, notice, trained_on=trained_on)
     demo.launch(share=share, prevent_thread_lock=True)
     return demo
 
@@ -278,8 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     """Load the checkpoint (or explain how to get one), then serve the page until interrupted."""
     args = parse_args(argv)
     try:
-        model, notice = load_or_explain(args.ckpt, args.device)
-        build_app(model, notice, args.concurrency).launch(
+        model, notice, trained_on = load_or_explain(args.ckpt, args.device)
+        build_app(model, notice, args.concurrency, trained_on).launch(
             server_name=args.host, server_port=args.port, share=args.share
         )
     except (ShakeGPTError, OSError) as error:

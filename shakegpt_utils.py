@@ -62,9 +62,10 @@ from shakegpt.sampling import SAMPLING_DEFAULTS
 from shakegpt.checkpoint import load_model
 from shakegpt.fast_decoding import CompiledDecoder
 
-# The command line, the self-contained Space, publishing on the Hub, and the comparisons with transformers behind
-# the README's numbers.
+# The command line and the demo app (and the text a checkpoint trained on), the self-contained Space, publishing on
+# the Hub, and the comparisons with transformers behind the README's numbers.
 from shakegpt.cli import main, OneLineParser
+from shakegpt.checkpoint import training_text
 from shakegpt.space import build_space
 from shakegpt.hub import push_to_hub, push_space
 from shakegpt.bench.peers import bench_peer, bench_generate

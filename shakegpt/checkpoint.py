@@ -142,6 +142,13 @@ def model_from_checkpoint(checkpoint: dict, device: str | torch.device = "cpu", 
     return model.to(device).eval()
 
 
+def training_text(checkpoint: dict) -> tuple[str, str | None]:
+    """The corpus and the text file (None: the corpus itself) that the checkpoint's run trained on, for measuring
+    memorisation against it; tiny Shakespeare where the checkpoint does not say."""
+    trained_on = checkpoint.get("train_config") or {}
+    return trained_on.get("corpus", "tinyshakespeare"), trained_on.get("text_file")
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> GPT:
     """Load a trained model from a checkpoint file, ready for sampling."""
     return model_from_checkpoint(load_checkpoint(path), device, source=path)

@@ -83,7 +83,7 @@ def run_train(args: argparse.Namespace) -> None:
 
 
 def run_sample(args: argparse.Namespace) -> None:
-    from .checkpoint import load_checkpoint, model_from_checkpoint
+    from .checkpoint import load_checkpoint, model_from_checkpoint, training_text
     from .hardware import get_device
     from .memorisation import memorisation_line
     from .sampling import sample_text
@@ -98,8 +98,7 @@ def run_sample(args: argparse.Namespace) -> None:
     texts = sample_text(
         model, args.prompt, args.max_new_tokens, args.temperature, top_k, args.seed, args.num_samples, args.top_p
     )
-    trained_on = checkpoint.get("train_config") or {}
-    corpus, text_file = trained_on.get("corpus", "tinyshakespeare"), trained_on.get("text_file")
+    corpus, text_file = training_text(checkpoint)
     for i, text in enumerate(texts):
         print(f"--- sample {i + 1} ---\n{text}\n")
         if args.memorisation:  # of what the model wrote, not of the prompt

@@ -224,6 +224,32 @@ def test_the_memorisation_note_measures_what_the_model_wrote(monkeypatch, tmp_pa
         corpus_indexes.cache_clear()
 
 
+def test_the_page_measures_memorisation_against_the_text_file_the_checkpoint_trained_on(tmp_path, monkeypatch):
+    """A checkpoint of a run on --text-file: the page's note (its API, as the browser calls it after each answer)
+    measures that file, in which the written passage is, not tiny Shakespeare, in which it is not."""
+    monkeypatch.setenv("SHAKEGPT_CACHE_DIR", str(tmp_path / "cache"))
+    corpus_indexes.cache_clear()
+    written = " the snow fell on the little café in the hills, and the baker sang of pears."
+    notes = tmp_path / "notes.txt"
+    notes.write_text("".join(f"Day {i}:{written}\n" for i in range(300)), encoding="utf-8")
+    torch.manual_seed(0)
+    trained_on = {"corpus": "tinyshakespeare", "text_file": str(notes)}  # as a run on --text-file records it
+    save_checkpoint(tmp_path / "notes.pt", GPT(GPTConfig.tiny()), step=1, train_config=trained_on)
+    model, _, text = app.load_for_app(tmp_path / "notes.pt", torch.device("cpu"))
+    assert text == ("tinyshakespeare", str(notes))
+    demo = app.build_app(model, "notes", trained_on=text)
+    demo.launch(server_name=LOOPBACK, server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        local = gradio_client.Client(demo.local_url, verbose=False, analytics_enabled=False)
+        note = local.predict("Dear diary,", f"Dear diary,{written}", api_name="/memorisation")
+        assert memorisation_line(written, *text) in note
+        assert memorisation_report(written, corpus_indexes(*text[:1], text_file=notes)[0])["ngram_overlap"] == 1.0
+        assert memorisation_line(written) not in note  # tiny Shakespeare measures otherwise
+    finally:
+        demo.close()
+        corpus_indexes.cache_clear()
+
+
 @pytest.mark.parametrize(
     ("value", "expected"),
     [(5, 2.0), (-1, 0.0), (1.5, 1.5), ("1.25", 1.25), (float("inf"), 2.0), (float("nan"), 0.7), (None, 0.7)]

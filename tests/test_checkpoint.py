@@ -22,6 +22,7 @@ from shakegpt.checkpoint import (
     restore_rng,
     resume_training,
     save_checkpoint,
+    training_text,
 )
 from shakegpt.data import TokenBatches
 from shakegpt.hardware import Precision, get_precision
@@ -80,6 +81,7 @@ def test_round_trip_resumes_training_exactly(tmp_path, tiny_config, device):
     assert checkpoint["model_config"] == tiny_config.to_dict()
     assert checkpoint["train_config"] == {"lr": 1e-2, "preset": "tiny"}
     assert checkpoint["train_state"] == {"best_val_loss": 4.5}
+    assert training_text(checkpoint) == ("tinyshakespeare", None)  # a run that names no corpus trained on the default
     restored = model_from_checkpoint(checkpoint, device)
     assert not restored.training
     assert restored.lm_head.weight is restored.transformer.wte.weight  # still tied after loading

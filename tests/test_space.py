@@ -373,8 +373,10 @@ def test_the_app_finds_the_model_beside_itself_first(space: Path, tmp_path: Path
 
 def test_the_app_describes_both_formats_alike(space: Path, checkpoint_path: Path, checkpoint: dict):
     app = load_app_module()
-    exported, folder_line = app.load_for_app(space, torch.device("cpu"))
-    _, file_line = app.load_for_app(checkpoint_path, torch.device("cpu"))
+    exported, folder_line, folder_text = app.load_for_app(space, torch.device("cpu"))
+    _, file_line, file_text = app.load_for_app(checkpoint_path, torch.device("cpu"))
+    assert folder_text == app.TINY_SHAKESPEARE  # an exported model does not say
+    assert file_text == sg.training_text(checkpoint)
     shape = "(2 layers, 2 heads, 64 wide), context 64 tokens, on cpu."
     params = f"{exported.num_params() / 1e6:.1f}M parameters"
     assert folder_line == f"Model: space/model.safetensors, {params} {shape}"
