@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from ..basics import check_at_least, option
-from ..hardware import auto_dtype, describe_device, get_device, use_threads, versions
+from ..hardware import describe_device, get_device, get_precision, use_threads, versions
 from ..plots import figures_dir, save_figure
 from ..train_settings import TrainConfig
 
@@ -51,7 +51,7 @@ class BenchSettings(TrainConfig):
     def compared_dtypes(self, device: torch.device) -> list[str]:
         """float32 and the precision `dtype` asks for ('auto': the device's own), each once: what a comparison with
         transformers (peer, generate) runs at."""
-        return list(dict.fromkeys(("fp32", auto_dtype(device) if self.dtype == "auto" else self.dtype)))
+        return list(dict.fromkeys(("fp32", get_precision(device, self.dtype).name)))
 
     def resolve(self, device: torch.device | str = "cpu", world_size: int = 1) -> BenchSettings:
         """Filled for `device` as a training run is (the 124M model with 16 x 1,024 tokens on CUDA, the small one
