@@ -52,7 +52,7 @@ MAX_NEW_TOKENS, TEMPERATURE_MAX, TOP_K_MAX, MAX_SEED = 1000, 2.0, 500, 2**31 - 1
 TOP_P_MIN = 0.01  # top-p of 0 would keep no token
 DEFAULTS = {**SAMPLING_DEFAULTS, "seed": 1337}
 TrainedOn = tuple[str, str | None]  # the corpus, and the text file a run trained on instead (training_text)
-TINY_SHAKESPEARE: TrainedOn = ("tinyshakespeare", None)
+TINY_SHAKESPEARE: TrainedOn = training_text({})  # what a model that does not say trained on
 EXAMPLES = [
     ["Hello world: tell to"],  # the course's reference prompt (notebook 07 and the reference run's samples)
     ["ROMEO:\n"],

@@ -213,11 +213,17 @@ def export_hf(model: GPT, folder: str | Path, checkpoint: dict | None = None, so
     return folder
 
 
+def checkpoint_to_export(ckpt: str | Path, out: str | Path) -> tuple[dict, GPT]:
+    """The checkpoint file `ckpt` and its model on the CPU, to be written into `out`; a folder `out` that holds
+    anything is refused first, before the checkpoint is read."""
+    check_out(Path(out))
+    checkpoint = load_checkpoint(ckpt)
+    return checkpoint, model_from_checkpoint(checkpoint, "cpu", source=ckpt)
+
+
 def export_checkpoint(ckpt: str | Path, folder: str | Path) -> Path:
     """export_hf for the checkpoint file `ckpt`, its run's facts on the model card."""
-    check_out(Path(folder))  # before the checkpoint is read
-    checkpoint = load_checkpoint(ckpt)
-    model = model_from_checkpoint(checkpoint, "cpu", source=ckpt)
+    checkpoint, model = checkpoint_to_export(ckpt, folder)
     return export_hf(model, folder, checkpoint, Path(ckpt).name)
 
 

@@ -191,13 +191,19 @@ def memorisation_report(
     }
 
 
-@functools.cache
 def corpus_indexes(
     corpus: str = "tinyshakespeare", cache_dir: str | Path | None = None, text_file: str | Path | None = None
 ) -> tuple[CorpusIndex, CorpusIndex]:
     """Indexes of the training and validation tokens (the course's 90/10 split) of a corpus, or of the text file a
     run trained on instead, built once per process: a generated text is compared with the training text and, as a
     control, with text the model never saw."""
+    folder, text = (Path(path) if path else None for path in (cache_dir, text_file))
+    return cached_indexes(corpus, folder, text)  # keyed on the values, however a caller spells them
+
+
+@functools.cache
+def cached_indexes(corpus: str, cache_dir: Path | None, text_file: Path | None) -> tuple[CorpusIndex, CorpusIndex]:
+    """What corpus_indexes returns, one entry per corpus, cache folder and text file (`cache_clear` empties it)."""
     train, validation = split_tokens(load_tokens(corpus, cache_dir, text_file))
     return CorpusIndex(train), CorpusIndex(validation)
 

@@ -84,8 +84,8 @@ class MuonWithAdamW:
     gradient scaler and the checkpoint."""
 
     def __init__(self, model: nn.Module, weight_decay: float, lr: float, betas: tuple[float, float], fused: bool):
-        if muon_problem():
-            raise ShakeGPTError(f"{muon_problem()}: upgrade torch, or train with --optimizer adamw.")
+        if problem := muon_problem():
+            raise ShakeGPTError(f"{problem}: upgrade torch, or train with --optimizer adamw.")
         matrices = hidden_matrices(model)
         self.muon = torch.optim.Muon(matrices, lr=lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw")
         groups = decay_groups(model, weight_decay, leave_out=matrices)

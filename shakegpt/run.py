@@ -25,6 +25,7 @@ from .hardware import (
     describe_device,
     enable_tf32,
     get_precision,
+    peak_flops,
     set_seed,
 )
 from .memory import MemoryFit, out_of_memory_advice
@@ -72,6 +73,7 @@ class Run:
     log: RunLog
     tokens_per_step: int
     tf32: bool
+    peak_flops: float | None  # of this device at this precision, for the MFU (None: unknown)
     attention: str  # the kernel scaled_dot_product_attention runs here (see hardware.attention_kernel)
     compiled: bool  # whether the runnable model is compiled (asked for, and the compiler works here)
     compile_problem: str | None = None  # why it is not, when it was asked for
@@ -84,14 +86,20 @@ class Run:
     def out(self) -> Path:
         return Path(self.cfg.out)
 
-    def write_checkpoint(self, name: str) -> None:
-        """Write OUT/name (last.pt or best.pt) from the main process, and count the time it took."""
+    def write_checkpoint(self, name: str, kept_weights: dict[str, torch.Tensor] | None = None) -> None:
+        """Write OUT/name from the main process, and count the time it took: the run as it is now (last.pt, best.pt),
+        or the `kept_weights` of its best validation step without optimizer or data (resuming reads last.pt)."""
         if not self.process.is_main:
             return
         started = time.perf_counter()
-        scaler = self.precision.scaler.state_dict() if self.precision.scaler else None
-        data, state, config = self.train_batches.state_dict(), self.state.for_checkpoint(), asdict(self.cfg)
-        save_checkpoint(self.out / name, self.model, self.optimizer, self.state.step, data, config, state, scaler)
+        state, config = self.state.for_checkpoint(), asdict(self.cfg)
+        if kept_weights is None:
+            scaler = self.precision.scaler.state_dict() if self.precision.scaler else None
+            data = self.train_batches.state_dict()
+            save_checkpoint(self.out / name, self.model, self.optimizer, self.state.step, data, config, state, scaler)
+        else:
+            best_step = self.state.best_val_step
+            save_checkpoint(self.out / name, self.model, None, best_step, None, config, state, weights=kept_weights)
         self.state.checkpoint_s += time.perf_counter() - started
 
     def keep_best(self) -> None:
@@ -100,20 +108,13 @@ class Run:
         if self.cfg.ckpt_interval:
             self.write_checkpoint("best.pt")
         elif self.process.is_main:
-            self.best_weights = {name: w.detach().clone() for name, w in self.model.state_dict().items()}
+            self.best_weights = {name: w.clone() for name, w in self.model.state_dict().items()}  # detached already
 
     def save_kept_best(self) -> None:
-        """Write best.pt from the weights `keep_best` copied: the model at the best validation step, without the
-        optimizer (resuming reads last.pt)."""
-        if self.best_weights is None:
-            return
-        started = time.perf_counter()
-        best_step, state, config = self.state.best_val_step, self.state.for_checkpoint(), asdict(self.cfg)
-        save_checkpoint(
-            self.out / "best.pt", self.model, None, best_step, None, config, state, weights=self.best_weights
-        )
-        self.best_weights = None
-        self.state.checkpoint_s += time.perf_counter() - started
+        """Write best.pt from the weights `keep_best` copied, if it copied any."""
+        if self.best_weights is not None:
+            self.write_checkpoint("best.pt", self.best_weights)
+            self.best_weights = None
 
     def stop_compiling(self, problem: str) -> None:
         """Train the plain model from now on, and say why in one line."""
@@ -156,7 +157,7 @@ def build_model(cfg: TrainConfig) -> GPT:
 
 def start_run(cfg: TrainConfig, memory_fit: MemoryFit | None, process: Distributed, device: torch.device) -> Run:
     """Everything a run of the resolved settings `cfg` works with: the data, the model and its optimizer (resumed from
-    last.pt if asked), the precision, TF32, whether compiling works here; then the banner."""
+    last.pt if asked), the precision, TF32, the device's peak FLOP/s, whether compiling works here."""
     precision = get_precision(device, cfg.dtype)
     tf32 = enable_tf32(device)
     problem = compile_problem(device) if cfg.compile else None
@@ -193,6 +194,7 @@ def start_run(cfg: TrainConfig, memory_fit: MemoryFit | None, process: Distribut
         log=RunLog(Path(cfg.out), cfg.tensorboard, state.step, enabled=process.is_main),
         tokens_per_step=tokens_per_step,
         tf32=tf32,
+        peak_flops=peak_flops(device, precision.dtype),
         attention=attention_kernel(device, precision.dtype, model.config.n_head, model.config.head_size, cfg.seq_len),
         compiled=compiled,
         compile_problem=problem,
@@ -224,10 +226,10 @@ def training_split(cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
     return train_tokens, val_tokens
 
 
-def print_banner(run: Run, requested: TrainConfig, resumed: bool) -> None:
+def print_banner(run: Run, requested: TrainConfig) -> None:
     """The run's first lines: what trains, on what, how, and anything it changed or could not do."""
     cfg, world, log = run.cfg, run.process.world_size, run.log
-    if resumed:
+    if run.state.step > 0:  # resumed
         log.print(f"resumed from {run.out / 'last.pt'} at step {run.state.step}.")
     elif cfg.resume:
         log.print(f"--resume: no checkpoint at {run.out / 'last.pt'}, starting from scratch.")

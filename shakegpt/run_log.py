@@ -68,12 +68,11 @@ class RunLog:
             self.writer.add_text("sample", "    " + text.replace("\n", "\n    "), step)  # indented: verbatim
         self.print(f"sample at step {step}:\n{text}\n")
 
-    def draw_loss_curves(self, out: Path, target_loss: float | None) -> None:
-        """loss.png and loss.svg in the run's folder, from its metrics.jsonl."""
-        if self.enabled:
-            figure = plot_loss_curves(read_metrics(self.metrics_path), target_loss)
-            save_figure(figure, "loss", folder=out)
-            plt.close(figure)  # saved to disk; a notebook calling train() should not show it a second time
+    def draw_loss_curves(self, metrics: list[dict], target_loss: float | None) -> None:
+        """loss.png and loss.svg in the run's folder, from the rows of its metrics.jsonl."""
+        figure = plot_loss_curves(metrics, target_loss)
+        save_figure(figure, "loss", folder=self.metrics_path.parent)
+        plt.close(figure)  # saved to disk; a notebook calling train() should not show it a second time
 
     def close(self) -> None:
         if self.writer:

@@ -15,8 +15,7 @@ from pathlib import Path
 
 from .basics import PROJECT_ROOT, ShakeGPTError, repository_url
 from .card import model_card
-from .checkpoint import load_checkpoint, model_from_checkpoint
-from .hf import check_out, new_folder, write_transformers_files
+from .hf import checkpoint_to_export, new_folder, write_transformers_files
 from .model import GPT
 
 TEMPLATE_FOLDER = PROJECT_ROOT / "space"
@@ -28,9 +27,7 @@ def build_space(ckpt: str | Path, out: str | Path) -> Path:
     """Write the Space for checkpoint `ckpt` into `out`, a new or empty folder, and return it. It is built in a
     temporary folder beside `out` and renamed at the end, so a failure leaves nothing half-written behind."""
     out = Path(out)
-    check_out(out)  # before the checkpoint is read
-    checkpoint = load_checkpoint(ckpt)
-    model = model_from_checkpoint(checkpoint, "cpu", source=ckpt)
+    checkpoint, model = checkpoint_to_export(ckpt, out)
     readme = space_readme(checkpoint, model, Path(ckpt).name)
     with new_folder(out) as partial:
         (partial / "README.md").write_text(readme, encoding="utf-8")

@@ -60,7 +60,7 @@ def get_tokenizer() -> tiktoken.Encoding:
     )
     return tiktoken.Encoding(
         name="gpt2",
-        explicit_n_vocab=50257,
+        explicit_n_vocab=GPT2_VOCAB_SIZE,
         pat_str=r50k_pat_str,  # GPT-2's pre-tokenizer: words, numbers, punctuation, whitespace
         mergeable_ranks=ranks,
         special_tokens={END_OF_TEXT: END_OF_TEXT_ID},

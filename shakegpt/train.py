@@ -25,7 +25,6 @@ from .hardware import (
     describe_device,
     get_precision,
     keep_freed_memory,
-    peak_flops,
     use_threads,
     versions,
 )
@@ -191,7 +190,7 @@ def train(cfg: TrainConfig) -> dict:
         if device.type == "cpu":
             keep_freed_memory()  # glibc would hand a step's freed memory back to the OS, then fault it in again
         run = start_run(resolved, memory_fit, process, device)
-        print_banner(run, cfg, resumed=run.state.step > 0)
+        print_banner(run, cfg)
         try:
             stop_reason = train_loop(run)
         except KeyboardInterrupt:
@@ -262,7 +261,6 @@ def window_row(run: Run, step: int, lr: float, norm: torch.Tensor, losses: list[
     """The metrics row of a log window that ends at `step`, after checking every loss in it."""
     check_finite(losses, first_step=step - len(losses) + 1, checkpoint=run.out / "last.pt")
     tok_per_s = run.tokens_per_step / step_s
-    peak = peak_flops(run.device, run.precision.dtype)
     return {
         "step": step,
         "tokens": step * run.tokens_per_step,
@@ -271,7 +269,7 @@ def window_row(run: Run, step: int, lr: float, norm: torch.Tensor, losses: list[
         "grad_norm": float(norm),
         "dt_ms": 1000 * step_s,
         "tok_per_s": tok_per_s,
-        "mfu": estimate_mfu(run.model.num_params(), run.model.config, run.cfg.seq_len, tok_per_s, peak),
+        "mfu": estimate_mfu(run.model.num_params(), run.model.config, run.cfg.seq_len, tok_per_s, run.peak_flops),
         "elapsed_s": run.state.warmup_s + run.state.elapsed_s,
     }
 
@@ -338,5 +336,5 @@ def finish_run(run: Run, stop_reason: str) -> dict:
         summary["sample"] = run.latest_sample[1]
         (run.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if metrics:
-            run.log.draw_loss_curves(run.out, cfg.target_loss)
+            run.log.draw_loss_curves(metrics, cfg.target_loss)
     return summary

@@ -28,7 +28,7 @@ import yaml
 from conftest import free_port
 
 from shakegpt.checkpoint import load_model, save_checkpoint
-from shakegpt.memorisation import corpus_indexes, memorisation_line, memorisation_report
+from shakegpt.memorisation import cached_indexes, corpus_indexes, memorisation_line, memorisation_report
 from shakegpt.model import GPT, GPTConfig
 from shakegpt.sampling import sample_text
 
@@ -212,7 +212,7 @@ def test_max_new_tokens_is_bounded(model: GPT, monkeypatch: pytest.MonkeyPatch):
 
 def test_the_memorisation_note_measures_what_the_model_wrote(monkeypatch, tmp_path):
     monkeypatch.setenv("SHAKEGPT_CACHE_DIR", str(tmp_path))  # the token cache of this test, not the repository's
-    corpus_indexes.cache_clear()
+    cached_indexes.cache_clear()
     try:
         quoted = "First Citizen:\nBefore we proceed any further, hear me speak."  # the training text's first lines
         note = app.memorisation_note("Hello world: tell to", "Hello world: tell to" + quoted)
@@ -221,14 +221,14 @@ def test_the_memorisation_note_measures_what_the_model_wrote(monkeypatch, tmp_pa
         assert report["longest_span_tokens"] == report["tokens"] > 10  # all of it, copied
         assert app.memorisation_note("ROMEO:", "ROMEO:") == ""  # nothing written, nothing to measure
     finally:
-        corpus_indexes.cache_clear()
+        cached_indexes.cache_clear()
 
 
 def test_the_page_measures_memorisation_against_the_text_file_the_checkpoint_trained_on(tmp_path, monkeypatch):
     """A checkpoint of a run on --text-file: the page's note (its API, as the browser calls it after each answer)
     measures that file, in which the written passage is, not tiny Shakespeare, in which it is not."""
     monkeypatch.setenv("SHAKEGPT_CACHE_DIR", str(tmp_path / "cache"))
-    corpus_indexes.cache_clear()
+    cached_indexes.cache_clear()
     written = " the snow fell on the little café in the hills, and the baker sang of pears."
     notes = tmp_path / "notes.txt"
     notes.write_text("".join(f"Day {i}:{written}\n" for i in range(300)), encoding="utf-8")
@@ -243,11 +243,11 @@ def test_the_page_measures_memorisation_against_the_text_file_the_checkpoint_tra
         local = gradio_client.Client(demo.local_url, verbose=False, analytics_enabled=False)
         note = local.predict("Dear diary,", f"Dear diary,{written}", api_name="/memorisation")
         assert memorisation_line(written, *text) in note
-        assert memorisation_report(written, corpus_indexes(*text[:1], text_file=notes)[0])["ngram_overlap"] == 1.0
+        assert memorisation_report(written, corpus_indexes(text[0], text_file=text[1])[0])["ngram_overlap"] == 1.0
         assert memorisation_line(written) not in note  # tiny Shakespeare measures otherwise
     finally:
         demo.close()
-        corpus_indexes.cache_clear()
+        cached_indexes.cache_clear()
 
 
 @pytest.mark.parametrize(

@@ -170,6 +170,7 @@ def shakespeare(tmp_path_factory: pytest.TempPathFactory) -> tuple[CorpusIndex, 
     cache_dir: Path = tmp_path_factory.mktemp("cache")
     train, validation = corpus_indexes("tinyshakespeare", cache_dir)
     assert corpus_indexes("tinyshakespeare", cache_dir)[0] is train  # built once
+    assert corpus_indexes("tinyshakespeare", cache_dir=str(cache_dir), text_file=None)[0] is train  # however spelled
     return train, validation, get_tokenizer().decode(train.tokens.tolist())
 
 

@@ -5,21 +5,15 @@ too: a step whose GPU waits is launch-bound, one whose matrix products dominate 
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Callable
 
 import matplotlib.pyplot as plt
-import torch
 from torch.profiler import ProfilerActivity, profile
 
-from ..data import fixed_batches
-from ..hardware import compile_problem, describe_device, get_precision, set_seed, synchronize
-from ..optim import configure_optimizer
-from ..run import build_model
-from ..tokenizer import GPT2_VOCAB_SIZE
-from ..train import train_step
+from ..hardware import describe_device, set_seed, synchronize
 from .settings import BenchSettings, device_label, resolve_for_device, result_header
+from .timing import step_as_trained, timed_call
 
 # Operation or kernel names by what they compute, tried in this order (log_softmax is the loss, softmax attention).
 KINDS = {
@@ -64,33 +58,24 @@ def time_by_kind(events, on_gpu: bool) -> Counter:
 
 
 def bench_profile(settings: BenchSettings | None = None, log: Callable[[str], None] = print) -> tuple[dict, plt.Figure]:
-    """Profile `steps` training steps after `warmup` ones (compiled as training compiles here) and return the
-    shares of time by kind, with the figure."""
+    """Profile `steps` training steps after `warmup` ones (set up as training sets them up here: the micro-batch
+    fitted to the memory, TF32, compiled where that works) and return the shares of time by kind, with the figure."""
     s, device = resolve_for_device(settings)
     log(describe_device(device))
     set_seed(s.seed)
-    model = build_model(s).to(device)
-    compiled = s.compile and compile_problem(device) is None
-    runnable = torch.compile(model) if compiled else model
-    optimizer = configure_optimizer(model, s.weight_decay, s.lr, device_type=device.type)
-    precision = get_precision(device, s.dtype)
-    batches = fixed_batches(GPT2_VOCAB_SIZE, s.batch_size, s.seq_len, s.seed)
-    step = lambda: train_step(runnable, optimizer, batches, s.grad_accum, precision, device, s.grad_clip)  # noqa: E731
+    timed = step_as_trained(s, device)
     for _ in range(s.warmup):
-        step()
+        timed.step()
     synchronize(device)
     on_gpu = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
     with profile(activities=activities) as profiler:
-        started = time.perf_counter()
-        for _ in range(s.steps):
-            step()
-        synchronize(device)
-        wall_us = 1e6 * (time.perf_counter() - started)  # with the profiler's own overhead
+        wall_s, _ = timed_call(lambda: [timed.step() for _ in range(s.steps)], device)  # with the profiler's overhead
+    wall_us = 1e6 * wall_s
     seconds = time_by_kind(profiler.events(), on_gpu)
     busy_us = sum(seconds.values())
     shares = {kind: seconds[kind] / busy_us for kind in (*KINDS, "optimizer", "the rest")}
-    result = result_header("profile", device, {**s.to_dict(), "compiled": compiled})
+    result = result_header("profile", device, {**timed.cfg.to_dict(), "compiled": timed.compiled})
     result.update(shares=shares, ms_per_step=wall_us / 1000 / s.steps, busy_ms_per_step=busy_us / 1000 / s.steps)
     if on_gpu:
         result["gpu_idle_share"] = max(0.0, 1 - busy_us / wall_us)

@@ -17,8 +17,10 @@ from pathlib import Path
 import torch
 
 from ..basics import check_at_least
-from ..data import fixed_batches
-from ..hardware import compile_problem, enable_tf32, get_device, get_precision, synchronize, use_threads
+from ..data import TokenBatches, fixed_batches
+from ..hardware import Precision, compile_problem, enable_tf32, get_device, get_precision, synchronize, use_threads
+from ..memory import MemoryFit
+from ..model import GPT
 from ..optim import configure_optimizer
 from ..run import build_model
 from ..tokenizer import GPT2_VOCAB_SIZE
@@ -95,25 +97,52 @@ class RunEstimate:
         )
 
 
+@dataclass
+class StepAsTrained:
+    """One optimizer step of a run set up here as `train` sets it up, on fixed random batches (no corpus needed)."""
+
+    cfg: TrainConfig  # the run's settings, its micro-batch fitted to the memory
+    fit: MemoryFit | None
+    model: GPT
+    precision: Precision
+    batches: TokenBatches
+    compiled: bool
+    step: Callable[[], tuple[torch.Tensor, torch.Tensor]]  # the loss and the gradient norm, as train_step returns
+
+
+def step_as_trained(resolved: TrainConfig, device: torch.device) -> StepAsTrained:
+    """The resolved run's model and one training step of it: micro-batch fitted to the memory, TF32, precision,
+    the optimizer it asks for, compiled where compiling works; what estimate_run and bench profile time."""
+    cfg, fit = fit_to_memory(resolved, device)
+    enable_tf32(device)
+    model = build_model(cfg).to(device)
+    optimizer = configure_optimizer(model, cfg.weight_decay, cfg.lr, device_type=device.type, kind=cfg.optimizer)
+    precision = get_precision(device, cfg.dtype)
+    compiled = cfg.compile and compile_problem(device) is None
+    runnable = torch.compile(model) if compiled else model
+    batches = fixed_batches(GPT2_VOCAB_SIZE, cfg.batch_size, cfg.seq_len, cfg.seed)
+
+    def step() -> tuple[torch.Tensor, torch.Tensor]:
+        return train_step(runnable, optimizer, batches, cfg.grad_accum, precision, device, cfg.grad_clip)
+
+    return StepAsTrained(cfg, fit, model, precision, batches, compiled, step)
+
+
 def estimate_run(requested: TrainConfig, measured_steps: int = 3) -> RunEstimate:
     """Time the first steps of the run `requested` describes (its model, micro-batch fitted to the memory,
     accumulation, precision, compilation) and one validation batch on random tokens, and scale them to the whole
     run: an estimate from this device, not from a table. Checkpoints and samples are left out."""
     check_at_least("measured_steps", measured_steps, 1)
     device = get_device(requested.device)
-    cfg, fit = fit_to_memory(requested.resolve(device), device)
-    use_threads(cfg.threads)
-    enable_tf32(device)
-    model = build_model(cfg).to(device)
-    optimizer = configure_optimizer(model, cfg.weight_decay, cfg.lr, device_type=device.type)
-    precision = get_precision(device, cfg.dtype)
-    runnable = torch.compile(model) if cfg.compile and compile_problem(device) is None else model
-    batches = fixed_batches(GPT2_VOCAB_SIZE, cfg.batch_size, cfg.seq_len, cfg.seed)
-    step = lambda: train_step(runnable, optimizer, batches, cfg.grad_accum, precision, device, cfg.grad_clip)[0]  # noqa: E731
+    resolved = requested.resolve(device)
+    use_threads(resolved.threads)
+    timed = step_as_trained(resolved, device)
+    cfg, fit, precision, batches = timed.cfg, timed.fit, timed.precision, timed.batches
+    step = lambda: timed.step()[0]  # noqa: E731
     first_step_s = timed_call(step, device)[0]
     step_s = statistics.median(timed_call(step, device)[0] for _ in range(measured_steps))
     x, y = batches.next_batch()
-    batch_s = timed_call(lambda: evaluate(model, [(x, y)], precision, device), device)[0]
+    batch_s = timed_call(lambda: evaluate(timed.model, [(x, y)], precision, device), device)[0]
     evaluation_s = batch_s * cfg.eval_batches * (fit.requested if fit else cfg.batch_size) / cfg.batch_size
     evaluations = len({*range(cfg.eval_interval, cfg.max_steps + 1, cfg.eval_interval), cfg.max_steps})
     return RunEstimate(cfg.max_steps, step_s, first_step_s, evaluations, evaluation_s, measured_steps)
